@@ -1,0 +1,186 @@
+"""The wire contract between producers, workers and result readers.
+
+Pydantic models serialised as JSON, queue names, Redis key names and the Celery task name. This module
+imports only pydantic and the standard library, so a backend can enqueue jobs without torch.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+SCHEMA_VERSION = 1
+TASK_NAME = "fakesake.classify"
+WEBHOOK_TASK_NAME = "fakesake.deliver_webhook"
+KEY_PREFIX = "fakesake"
+
+
+class Priority(StrEnum):
+    """Lanes. Each lane is its own Celery queue so bulk scans never starve KYC traffic."""
+
+    INTERACTIVE = "interactive"
+    BULK = "bulk"
+
+
+class Status(StrEnum):
+    OK = "ok"
+    ERROR = "error"
+
+
+class Label(StrEnum):
+    AI = "ai"
+    HUMAN = "human"
+
+
+class Band(StrEnum):
+    AI = "ai"
+    UNCERTAIN = "uncertain"
+    HUMAN = "human"
+
+
+def queue_name(priority: Priority | str) -> str:
+    """Celery queue (a Redis list of the same name) of a lane."""
+    return f"{KEY_PREFIX}.{Priority(priority).value}"
+
+
+ALL_QUEUES: tuple[str, ...] = tuple(queue_name(p) for p in Priority)
+
+
+class Keys:
+    """Redis key names, in one place. Tenant-scoped keys embed the tenant so ids alone reveal nothing."""
+
+    @staticmethod
+    def result(tenant: str, job_id: str) -> str:
+        return f"{KEY_PREFIX}:result:{tenant}:{job_id}"
+
+    @staticmethod
+    def tenant_index(tenant: str) -> str:
+        return f"{KEY_PREFIX}:results:{tenant}"
+
+    @staticmethod
+    def idempotency(tenant: str, key: str) -> str:
+        return f"{KEY_PREFIX}:idem:{tenant}:{key}"
+
+    @staticmethod
+    def deliveries(job_id: str) -> str:
+        return f"{KEY_PREFIX}:deliveries:{job_id}"
+
+    @staticmethod
+    def attempts(job_id: str) -> str:
+        return f"{KEY_PREFIX}:attempts:{job_id}"
+
+    @staticmethod
+    def rate(scope: str, name: str) -> str:
+        return f"{KEY_PREFIX}:rate:{scope}:{name}"
+
+    DLQ = f"{KEY_PREFIX}:dlq"
+    DLQ_INDEX = f"{KEY_PREFIX}:dlq:index"
+    HEARTBEAT = f"{KEY_PREFIX}:heartbeat"
+
+
+TenantId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+
+_SOURCE_SCHEMES = ("s3", "http", "https", "file")
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """Split ``s3://bucket/key`` into (bucket, key); key may be empty (a whole bucket)."""
+    parts = urlsplit(uri)
+    if parts.scheme != "s3" or not parts.netloc:
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    return parts.netloc, parts.path.lstrip("/")
+
+
+class JobMessage(BaseModel):
+    """What a producer enqueues: one image reference to classify."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    job_id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=8, max_length=64,
+                        pattern=r"^[A-Za-z0-9_-]+$", description="Unguessable job id (uuid4 hex)")
+    tenant: TenantId = Field(description="Caller's tenant; results are namespaced by it")
+    source: str = Field(min_length=1, max_length=4096,
+                        description="s3://bucket/key, http(s):// URL, or file:// (development only)")
+    source_version: str | None = Field(default=None, max_length=1024, description="S3 object version id")
+    model: str = Field(default="ffs-mj-5m", max_length=64, description="Detector registry name")
+    priority: Priority = Priority.INTERACTIVE
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=256)
+    callback_url: str | None = Field(default=None, max_length=4096)
+    submitted_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    @field_validator("source")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme.lower()
+        if scheme not in _SOURCE_SCHEMES:
+            raise ValueError(f"source scheme must be one of {_SOURCE_SCHEMES}, got {scheme or 'none'!r}")
+        return value
+
+    @field_validator("callback_url")
+    @classmethod
+    def _http_callback(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme.lower() not in ("http", "https"):
+            raise ValueError("callback_url must be http(s)")
+        return value
+
+
+class ErrorInfo(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    code: str
+    message: str
+    retryable: bool = False
+
+
+class Timings(BaseModel):
+    """Milliseconds spent in each stage; absent stages are None."""
+
+    model_config = ConfigDict(frozen=True)
+
+    queued_ms: float | None = None
+    fetch_ms: float | None = None
+    decode_ms: float | None = None
+    inference_ms: float | None = None
+    total_ms: float | None = None
+
+
+class Verdict(BaseModel):
+    """The classification part of a result."""
+
+    model_config = ConfigDict(frozen=True)
+
+    score: float = Field(ge=0.0, le=1.0, description="P(image is AI-generated)")
+    label: Label
+    band: Band
+    model: str = Field(description="name@version of the detector")
+
+
+class JobResult(BaseModel):
+    """The one final result of a job, as stored and as delivered to webhooks."""
+
+    model_config = ConfigDict(frozen=True)
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    job_id: str
+    tenant: str
+    source: str
+    status: Status
+    score: float | None = None
+    label: Label | None = None
+    band: Band | None = None
+    model: str | None = None
+    error: ErrorInfo | None = None
+    attempts: int = 1
+    timings: Timings = Field(default_factory=Timings)
+    evidence: dict[str, Any] = Field(default_factory=dict)
+    finished_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def ok(self) -> bool:
+        return self.status is Status.OK

@@ -1,0 +1,50 @@
+"""Shared fixtures. Markers are assigned by folder: tests/unit -> unit, tests/integration -> integration,
+tests/faults -> faults, tests/deploy -> deploy."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.servers import HttpServer, RedisServer, S3Server, http_server, redis_server, s3_server
+
+_FOLDER_MARKERS = {"unit": "unit", "integration": "integration", "faults": "faults", "deploy": "deploy"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        for folder, marker in _FOLDER_MARKERS.items():
+            if folder in parts:
+                item.add_marker(getattr(pytest.mark, marker))
+
+
+@pytest.fixture(scope="session")
+def redis_srv() -> Iterator[RedisServer]:
+    with redis_server() as server:
+        yield server
+
+
+@pytest.fixture()
+def redis_url(redis_srv: RedisServer) -> Iterator[str]:
+    """A clean database of the session's redis-server for each test."""
+    import redis
+
+    client = redis.Redis.from_url(redis_srv.url)
+    client.flushall()
+    client.close()
+    yield redis_srv.url
+
+
+@pytest.fixture(scope="session")
+def s3_srv() -> Iterator[S3Server]:
+    with s3_server() as server:
+        yield server
+
+
+@pytest.fixture()
+def http_srv() -> Iterator[HttpServer]:
+    with http_server() as server:
+        yield server

@@ -1,0 +1,1 @@
+"""Test support: real servers on free loopback ports, image and checkpoint factories."""

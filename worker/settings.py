@@ -1,0 +1,123 @@
+"""Worker (and in-process scan) settings: one pydantic-settings class, nested groups.
+
+``FAKESAKE_MODEL__NAME=ffs-mj-5m FAKESAKE_BATCH__MAX_SIZE=16 fakesake worker``. The core never reads
+these directly: the process turns them into small frozen policies (BatchPolicy, FetchPolicy, ...).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+from producers.settings import ENV_PREFIX, QueueSettings, RedisSettings, S3Settings, parse_cidrs
+
+
+class ModelSettings(BaseModel):
+    name: str = Field(default="ffs-mj-5m", description="Detector registry name (fakesake models)")
+    weights: str | None = Field(
+        default=None,
+        description="Weights: a .pt file, a directory holding the HF snapshot, hf-hub:REPO[@REV] or s3://...; "
+        "None = the registry's hub repo through the Hugging Face cache")
+    revision: str | None = Field(default=None, description="Pinned hub revision (commit sha or tag)")
+    device: str = Field(default="auto", description="auto|cpu|cuda|cuda:N")
+    preprocess: Literal["exact", "fast"] = Field(
+        default="exact", description="exact = identical to the reference pipeline; fast = JPEG draft decoding")
+    human_max: float | None = Field(default=None, ge=0, le=1, description="Override: score below -> band human")
+    ai_min: float | None = Field(default=None, ge=0, le=1, description="Override: score at/above -> band ai")
+    threads: int = Field(default=0, ge=0, description="torch intra-op threads on CPU; 0 = torch default")
+
+
+class BatchSettings(BaseModel):
+    max_size: int = Field(default=16, ge=1, le=1024, description="Largest inference batch")
+    max_wait_ms: float = Field(default=10.0, ge=0, description="Longest a batch waits to fill after its first image")
+    prepare_threads: int = Field(default=4, ge=1, description="Threads that fetch/decode/preprocess")
+
+
+class FetchSettings(BaseModel):
+    max_bytes: int = Field(default=50 * 1024 * 1024, ge=1, description="Largest image accepted, in bytes")
+    max_pixels: int = Field(default=64_000_000, ge=1, description="Largest decoded image, width*height")
+    connect_timeout_s: float = Field(default=5.0, gt=0, description="TCP/TLS connect deadline")
+    read_timeout_s: float = Field(default=10.0, gt=0, description="Deadline between two reads")
+    total_timeout_s: float = Field(default=30.0, gt=0, description="Deadline for a whole fetch")
+    max_redirects: int = Field(default=5, ge=0, description="Redirects followed (each re-checked)")
+    max_url_length: int = Field(default=4096, ge=16, description="Longest URL accepted")
+    allowed_ports: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: [80, 443], description="Ports URLs may name (comma-separated)")
+    allow_private: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="CIDRs allowed despite SSRF protection (comma-separated), for tests and on-prem stores")
+    allow_local_files: bool = Field(default=False, description="Accept file:// sources (development only)")
+    user_agent: str = Field(default="fakesake/0.1", description="User-Agent for URL fetches")
+
+    @field_validator("allow_private", mode="before")
+    @classmethod
+    def _cidrs(cls, value: object) -> object:
+        return parse_cidrs(value)
+
+    @field_validator("allowed_ports", mode="before")
+    @classmethod
+    def _ports(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [int(p) for p in value.split(",") if p.strip()]
+        return value
+
+
+class RetrySettings(BaseModel):
+    max_attempts: int = Field(default=5, ge=1, description="Attempts for transient failures before dead-lettering")
+    backoff_base_s: float = Field(default=1.0, gt=0, description="First retry delay; doubles each attempt")
+    backoff_max_s: float = Field(default=60.0, gt=0, description="Cap on one retry delay")
+    max_deliveries: int = Field(default=3, ge=1,
+                                description="Deliveries of one job (worker crashes) before it is dead-lettered")
+
+
+class RateLimitSettings(BaseModel):
+    tenant_per_s: float = Field(default=0.0, ge=0, description="Jobs/s per tenant across all workers; 0 = off")
+    tenant_burst: int = Field(default=50, ge=1, description="Tenant burst size")
+    host_per_s: float = Field(default=0.0, ge=0, description="Fetches/s per source host; 0 = off")
+    host_burst: int = Field(default=20, ge=1, description="Host burst size")
+
+
+class ResultSettings(BaseModel):
+    ttl_s: int = Field(default=7 * 24 * 3600, ge=60, description="Result record TTL")
+    index_max: int = Field(default=10_000, ge=1, description="Recent results kept in each tenant's index")
+    s3_prefix: str | None = Field(default=None, description="s3://bucket/prefix: also write each result as JSON")
+    webhook_secret: SecretStr | None = Field(default=None, description="HMAC-SHA256 key for webhook signatures")
+    webhook_max_attempts: int = Field(default=5, ge=1, description="Webhook delivery attempts")
+
+
+class LogSettings(BaseModel):
+    level: str = Field(default="INFO", description="Log level")
+    json_format: bool = Field(default=False, description="One JSON object per line")
+
+
+class MetricsSettings(BaseModel):
+    port: int = Field(default=9808, ge=0, le=65535, description="Prometheus port; 0 = disabled")
+    health_port: int = Field(default=9809, ge=0, le=65535, description="HTTP /healthz /readyz port; 0 = disabled")
+
+
+class WorkerSettings(BaseSettings):
+    """Settings of a worker process (and of in-process ``fakesake scan``)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore")
+
+    redis: RedisSettings = Field(default_factory=RedisSettings, description="Redis connection")
+    s3: S3Settings = Field(default_factory=S3Settings, description="S3 connection")
+    queue: QueueSettings = Field(default_factory=QueueSettings, description="Queue limits")
+    model: ModelSettings = Field(default_factory=ModelSettings, description="Detector")
+    batch: BatchSettings = Field(default_factory=BatchSettings, description="Dynamic batching")
+    fetch: FetchSettings = Field(default_factory=FetchSettings, description="Fetching and decoding limits")
+    retry: RetrySettings = Field(default_factory=RetrySettings, description="Retries and dead letters")
+    rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings, description="Global rate limits")
+    results: ResultSettings = Field(default_factory=ResultSettings, description="Result store and delivery")
+    log: LogSettings = Field(default_factory=LogSettings, description="Logging")
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings, description="Metrics and health")
+
+    @model_validator(mode="after")
+    def _thresholds_ordered(self) -> WorkerSettings:
+        lo, hi = self.model.human_max, self.model.ai_min
+        if lo is not None and hi is not None and lo > hi:
+            raise ValueError("model.human_max must be <= model.ai_min")
+        return self
