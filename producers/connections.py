@@ -1,0 +1,47 @@
+"""Redis connections from settings: ACL user/password, TLS (rediss://) with a CA bundle, timeouts.
+
+One place builds clients for producers, workers and the CLI, so TLS and auth behave the same everywhere.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+import redis
+
+from producers.settings import RedisSettings
+
+_CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
+
+
+def redis_kwargs(settings: RedisSettings) -> dict[str, Any]:
+    """Keyword arguments for ``redis.Redis.from_url`` beyond the URL itself."""
+    kwargs: dict[str, Any] = {
+        "socket_timeout": settings.socket_timeout_s,
+        "socket_connect_timeout": settings.socket_timeout_s,
+        "health_check_interval": 30,
+        "retry_on_timeout": True,
+    }
+    if settings.password is not None:
+        kwargs["password"] = settings.password.get_secret_value()
+    if settings.url.startswith("rediss://"):
+        kwargs["ssl_cert_reqs"] = settings.ssl_cert_reqs
+        if settings.ssl_ca_certs:
+            kwargs["ssl_ca_certs"] = settings.ssl_ca_certs
+    return kwargs
+
+
+def redis_from_settings(settings: RedisSettings) -> redis.Redis:
+    """A thread-safe client (connection pool) for ``settings.url``."""
+    return redis.Redis.from_url(settings.url, **redis_kwargs(settings))
+
+
+def celery_ssl_options(settings: RedisSettings) -> dict[str, Any] | None:
+    """``broker_use_ssl`` for Celery/kombu when the URL is rediss://, else None."""
+    if not settings.url.startswith("rediss://"):
+        return None
+    opts: dict[str, Any] = {"ssl_cert_reqs": _CERT_REQS[settings.ssl_cert_reqs]}
+    if settings.ssl_ca_certs:
+        opts["ssl_ca_certs"] = settings.ssl_ca_certs
+    return opts

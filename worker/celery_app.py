@@ -1,0 +1,160 @@
+"""The Celery adapter: app, configuration and task definitions — nothing else.
+
+A task validates its message, hands the job to :class:`worker.processing.JobProcessor`, and maps the decision
+to Celery: ``Finished`` → return (ack, the result is already stored), ``RetryLater`` → ``self.retry`` with a
+countdown (the new message is published before this one is acked). If the result store cannot be written the
+message is rejected back to the queue, never acked without its result.
+
+Why an in-process batcher and not celery-batches: see README "Why this batching design".
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from typing import Any
+
+from celery import Celery, Task, signals
+from celery.exceptions import Reject
+from kombu import Queue
+from pydantic import ValidationError
+
+from producers.connections import celery_ssl_options
+from producers.contract import ALL_QUEUES, TASK_NAME, WEBHOOK_TASK_NAME, JobMessage, JobResult
+from producers.errors import FakesakeError
+from worker.logs import job_context
+from worker.processing import Finished
+from worker.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+
+def celery_config(settings: WorkerSettings) -> dict[str, Any]:
+    """Celery settings derived from ours. Each line guards against a default that loses or duplicates work."""
+    vt = settings.redis.visibility_timeout_s
+    return {
+        "broker_url": settings.redis.url,
+        "broker_use_ssl": celery_ssl_options(settings.redis),
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {
+            "visibility_timeout": vt,  # unacked jobs of a dead worker come back after this
+            "queue_order_strategy": "priority",  # interactive lane is always polled before bulk
+            "unacked_restore_interval": max(1, min(10, vt // 4)),
+            "unacked_restore_throttle": 1,
+        },
+        "task_serializer": "json",
+        "accept_content": ["json"],  # pickle would let a producer run code on the worker
+        "result_serializer": "json",
+        "task_ignore_result": True,  # results go to our own tenant-scoped store
+        "task_acks_late": True,  # ack after the result is written
+        "task_reject_on_worker_lost": True,  # a killed worker's job is redelivered (we count deliveries)
+        "task_acks_on_failure_or_timeout": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_send_task_events": True,  # Flower and Celery exporters
+        "task_send_sent_event": False,
+        "task_queues": [Queue(q, routing_key=q) for q in ALL_QUEUES],
+        "task_default_queue": ALL_QUEUES[0],
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "worker_hijack_root_logger": False,
+    }
+
+
+app = Celery("fakesake", set_as_current=False)
+app.add_defaults(lambda: celery_config(WorkerSettings()))
+
+_runtime_lock = threading.Lock()
+_runtime: Any = None
+
+
+def runtime() -> Any:
+    """The process's WorkerRuntime, built on first use (model load included)."""
+    global _runtime
+    if _runtime is None:
+        with _runtime_lock:
+            if _runtime is None:
+                from worker.runtime import WorkerRuntime
+
+                _runtime = WorkerRuntime.start(WorkerSettings())
+    return _runtime
+
+
+@signals.worker_ready.connect
+def _load_on_ready(**_: Any) -> None:
+    # threads/solo pools: load the model in this process before the first job, so readiness means loaded.
+    if app.conf.get("worker_pool", "threads") != "prefork":
+        runtime()
+
+
+@signals.worker_shutdown.connect
+def _close(**_: Any) -> None:
+    if _runtime is not None:
+        _runtime.close()
+
+
+@app.task(name=TASK_NAME, bind=True, max_retries=None, acks_late=True)
+def classify(self: Task, payload: dict[str, Any]) -> str:
+    """Classify one image reference; the verdict goes to the result store, not the Celery backend."""
+    try:
+        job = JobMessage.model_validate(payload)
+    except ValidationError as exc:
+        runtime().reject_invalid(payload, exc)
+        return "invalid"
+    rt = runtime()
+    with job_context(job.job_id, job.tenant):
+        try:
+            decision = rt.process(job, lane=self.request.delivery_info.get("routing_key"))
+        except FakesakeError as exc:  # result store or counters unavailable: do not ack without a result
+            log.warning("cannot finish job now (%s); returning it to the queue", exc.code)
+            raise Reject(str(exc), requeue=True) from exc
+        if isinstance(decision, Finished):
+            if decision.result.ok and job.callback_url and not decision.duplicate:
+                deliver_webhook.apply_async(
+                    args=[decision.result.model_dump(mode="json"), job.callback_url],
+                    queue=self.request.delivery_info.get("routing_key") or ALL_QUEUES[0],
+                )
+            return decision.result.status.value
+        raise self.retry(countdown=decision.countdown_s, exc=decision.error, max_retries=None)
+
+
+@app.task(name=WEBHOOK_TASK_NAME, bind=True, max_retries=None, acks_late=True)
+def deliver_webhook(self: Task, result: dict[str, Any], url: str) -> str:
+    """POST a stored result to its callback URL, signed; retried on its own, never touching the result."""
+    rt = runtime()
+    stored = JobResult.model_validate(result)
+    with job_context(stored.job_id, stored.tenant):
+        countdown = rt.deliver_webhook(stored, url, attempt=self.request.retries + 1)
+        if countdown is None:
+            return "done"
+        raise self.retry(countdown=countdown, max_retries=None)
+
+
+def worker_argv(settings: WorkerSettings, extra: list[str]) -> list[str]:
+    """``celery worker`` arguments: threads pool sized for batching, both lanes, events on."""
+    argv = ["worker", "--events", "--queues", ",".join(ALL_QUEUES)]
+    if not any(a.startswith(("--pool", "-P")) for a in extra):
+        argv.append("--pool=threads")
+    if not any(a.startswith(("--concurrency", "-c")) for a in extra):
+        # Enough job threads to fill two batches while one is in the model.
+        argv.append(f"--concurrency={max(8, 2 * settings.batch.max_size + settings.batch.prepare_threads)}")
+    if not any(a.startswith(("--loglevel", "-l")) for a in extra):
+        argv.append(f"--loglevel={settings.log.level}")
+    return argv + extra
+
+
+def run_worker(extra: list[str]) -> int:
+    """``fakesake worker [celery worker options]``."""
+    settings = WorkerSettings()
+    from worker.logs import setup_logging
+
+    setup_logging(settings.log.level, settings.log.json_format)
+    if extra and extra[0] == "--":
+        extra = extra[1:]
+    os.environ.setdefault("FORKED_BY_MULTIPROCESSING", "1")
+    app.worker_main(worker_argv(settings, extra))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(run_worker(sys.argv[1:]))

@@ -1,0 +1,217 @@
+"""The job processor: one job in, one decision out. Knows nothing of Celery.
+
+Decisions: :class:`Finished` (a final result was stored — ack), :class:`RetryLater` (publish again after a
+countdown — a transient failure or a rate-limit deferral). The retry decision is made here, from the error's
+class, and nowhere else. Every final error is also dead-lettered, so permanent failures can be listed and
+re-driven; a job whose earlier deliveries died mid-processing (a poison message) is finished as ``poison``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from producers.contract import ErrorInfo, JobMessage, JobResult, Status, Timings
+from producers.errors import ErrorCode, FakesakeError, PermanentError, TransientError, as_fakesake_error
+from worker.models.registry import DetectorSpec, Thresholds
+from worker.protocols import RateLimiter, ResultStore
+from worker.verdict import verdict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 5
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 60.0
+    max_deliveries: int = 3
+
+    def backoff_s(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
+        """Exponential backoff with 'equal jitter': half fixed, half random, capped."""
+        ceiling = min(self.backoff_max_s, self.backoff_base_s * 2 ** max(0, attempt - 1))
+        return ceiling / 2 + ceiling / 2 * rng()
+
+
+@dataclass(frozen=True)
+class RateLimitPolicy:
+    tenant_per_s: float = 0.0
+    tenant_burst: int = 50
+    host_per_s: float = 0.0
+    host_burst: int = 20
+
+
+@dataclass(frozen=True)
+class Finished:
+    result: JobResult
+    duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class RetryLater:
+    countdown_s: float
+    error: FakesakeError
+    deferral: bool = False  # a rate-limit deferral is not a failed attempt
+
+
+Decision = Finished | RetryLater
+
+
+class JobCounters(Protocol):
+    """Per-job counters that survive worker crashes (kept in Redis in production)."""
+
+    def begin_delivery(self, job_id: str) -> int:
+        """Count one delivery that has not (yet) completed; returns the open count including this one."""
+        ...
+
+    def end_delivery(self, job_id: str) -> None: ...
+
+    def next_attempt(self, job_id: str) -> int: ...
+
+    def attempts(self, job_id: str) -> int: ...
+
+
+class DeadLetterSink(Protocol):
+    def add(self, job: JobMessage, error: ErrorInfo, *, attempts: int, deliveries: int) -> None: ...
+
+
+class Preparer(Protocol):
+    def prepare(self, source: str, version: str | None = None) -> Any: ...
+
+
+@dataclass
+class JobProcessor:
+    """Runs one job through rate limits, fetch/decode, batched inference and the result store."""
+
+    spec: DetectorSpec
+    preparer: Preparer
+    infer: Callable[[Any], Future[float]]
+    store: ResultStore
+    counters: JobCounters
+    dead_letters: DeadLetterSink
+    limiter: RateLimiter | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    rate: RateLimitPolicy = field(default_factory=RateLimitPolicy)
+    thresholds: Thresholds | None = None
+    inference_timeout_s: float = 300.0
+    clock: Callable[[], float] = time.monotonic
+
+    def process(self, job: JobMessage) -> Decision:
+        started = self.clock()
+        existing = self.store.get(job.tenant, job.job_id)
+        if existing is not None:
+            log.info("job already has a final result (%s); not processing again", existing.status)
+            self.counters.end_delivery(job.job_id)
+            return Finished(existing, duplicate=True)
+
+        open_deliveries = self.counters.begin_delivery(job.job_id)
+        if open_deliveries > self.retry.max_deliveries:
+            err = PermanentError(
+                ErrorCode.POISON,
+                f"job was delivered {open_deliveries} times and its worker died each time; dead-lettered",
+            )
+            return self._fail(job, err, started, deliveries=open_deliveries)
+
+        decision = self._limit(job)
+        if decision is None:
+            decision = self._run(job, started, open_deliveries)
+        self.counters.end_delivery(job.job_id)
+        return decision
+
+    def _limit(self, job: JobMessage) -> RetryLater | None:
+        if self.limiter is None:
+            return None
+        checks = []
+        if self.rate.tenant_per_s > 0:
+            checks.append(("tenant", job.tenant, self.rate.tenant_per_s, self.rate.tenant_burst))
+        if self.rate.host_per_s > 0:
+            checks.append(("host", source_host(job.source), self.rate.host_per_s, self.rate.host_burst))
+        for scope, name, rate, burst in checks:
+            wait_s = self.limiter.acquire(scope, name, rate, burst)
+            if wait_s > 0:
+                err = TransientError(ErrorCode.RATE_LIMITED, f"{scope} rate limit reached", retry_after_s=wait_s)
+                return RetryLater(wait_s, err, deferral=True)
+        return None
+
+    def _run(self, job: JobMessage, started: float, deliveries: int) -> Decision:
+        attempt = self.counters.next_attempt(job.job_id)
+        if job.model != self.spec.name:
+            err = PermanentError(ErrorCode.UNKNOWN_MODEL,
+                                 f"this worker serves {self.spec.ref}; job asks for {job.model!r}")
+            return self._fail(job, err, started, attempts=attempt, deliveries=deliveries)
+        try:
+            prepared = self.preparer.prepare(job.source, job.source_version)
+            t_infer = self.clock()
+            score = self.infer(prepared.tensor).result(timeout=self.inference_timeout_s)
+            inference_ms = (self.clock() - t_infer) * 1000
+        except Exception as exc:
+            err = as_fakesake_error(exc)
+            if err.code is ErrorCode.INTERNAL and not isinstance(exc, FakesakeError):
+                log.error("internal error for %s", redact(job.source), exc_info=exc)
+            if err.retryable and attempt < self.retry.max_attempts:
+                countdown = self.retry.backoff_s(attempt)
+                if isinstance(err, TransientError) and err.retry_after_s:
+                    countdown = max(countdown, min(err.retry_after_s, self.retry.backoff_max_s))
+                log.warning("attempt %d failed (%s); retrying in %.1fs", attempt, err.code, countdown)
+                return RetryLater(countdown, err)
+            return self._fail(job, err, started, attempts=attempt, deliveries=deliveries)
+
+        v = verdict(score, self.spec, self.thresholds)
+        timings = Timings(
+            queued_ms=_queued_ms(job),
+            fetch_ms=prepared.fetch_ms,
+            decode_ms=prepared.decode_ms,
+            inference_ms=inference_ms,
+            total_ms=(self.clock() - started) * 1000,
+        )
+        result = JobResult(
+            job_id=job.job_id, tenant=job.tenant, source=redact(job.source), status=Status.OK,
+            score=v.score, label=v.label, band=v.band, model=v.model, attempts=attempt, timings=timings,
+            evidence=dict(getattr(prepared, "evidence", None) or {}),
+        )
+        return Finished(self.store.put_final(result))
+
+    def _fail(self, job: JobMessage, err: FakesakeError, started: float, *, attempts: int | None = None,
+              deliveries: int = 1) -> Finished:
+        attempts = attempts if attempts is not None else self.counters.attempts(job.job_id)
+        info = ErrorInfo(code=err.code.value, message=err.message, retryable=err.retryable)
+        result = JobResult(
+            job_id=job.job_id, tenant=job.tenant, source=redact(job.source), status=Status.ERROR,
+            model=self.spec.ref, error=info, attempts=max(attempts, 1),
+            timings=Timings(queued_ms=_queued_ms(job), total_ms=(self.clock() - started) * 1000),
+        )
+        stored = self.store.put_final(result)
+        # The DLQ record is written after the result: if we die in between, redelivery sees the stored
+        # result and stops, and the job is still answered; a missing DLQ line is the lesser loss.
+        self.dead_letters.add(job, info, attempts=max(attempts, 1), deliveries=deliveries)
+        log.warning("job failed: %s: %s", info.code, info.message)
+        return Finished(stored)
+
+
+def _queued_ms(job: JobMessage) -> float:
+    return max(0.0, (datetime.now(UTC) - job.submitted_at).total_seconds() * 1000)
+
+
+def source_host(source: str) -> str:
+    """The rate-limit scope of a source: the URL host, or the S3 bucket."""
+    parts = urlsplit(source)
+    return (parts.hostname or parts.netloc or "local").lower()
+
+
+def redact(source: str) -> str:
+    """Drop query strings (presigned URL signatures) and credentials from a source before it is stored."""
+    parts = urlsplit(source)
+    if parts.scheme not in ("http", "https"):
+        return source
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    query = "?<redacted>" if parts.query else ""
+    return f"{parts.scheme}://{host}{parts.path}{query}"

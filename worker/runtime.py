@@ -1,0 +1,124 @@
+"""Wiring of one worker process: settings → engine, inference loop, Redis-backed stores, metrics, health.
+
+Everything here is assembly; behaviour lives in the modules it wires. Built once per process, after any
+fork, so CUDA and boto3 clients are created in the process that uses them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from producers.connections import redis_from_settings
+from producers.contract import JobMessage, JobResult
+from producers.errors import ErrorCode, FakesakeError, TransientError
+from worker.batching import BatchPolicy
+from worker.counters import RedisJobCounters
+from worker.inference_loop import InferenceLoop
+from worker.processing import Decision, Finished, JobProcessor, RateLimitPolicy, RetryPolicy
+from worker.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+
+class BoundedPreparer:
+    """Limits how many jobs fetch/decode at once, so N job threads never hold N decoded 12 MP photos."""
+
+    def __init__(self, engine: Any, limit: int) -> None:
+        self._engine = engine
+        self._slots = threading.BoundedSemaphore(limit)
+
+    def prepare(self, source: str, version: str | None = None) -> Any:
+        with self._slots:
+            return self._engine.prepare(source, version)
+
+
+@dataclass
+class WorkerRuntime:
+    settings: WorkerSettings
+    engine: Any
+    loop: InferenceLoop
+    processor: JobProcessor
+    redis: Any
+    dead_letters: Any
+    telemetry: Any
+
+    @classmethod
+    def start(cls, settings: WorkerSettings) -> WorkerRuntime:
+        from worker.dlq import DeadLetters
+        from worker.engine import Engine
+        from worker.fetch.router import build_fetcher
+        from worker.fetch.s3 import make_s3_client
+        from worker.ratelimit import RedisRateLimiter
+        from worker.results import RedisResultStore
+        from worker.telemetry import Telemetry
+
+        telemetry = Telemetry.start(settings)
+        client = redis_from_settings(settings.redis)
+        t0 = time.monotonic()
+        fetcher = build_fetcher(settings, s3_client=make_s3_client(settings.s3))
+        engine = Engine.from_settings(settings, fetcher)
+        telemetry.model_loaded(engine.spec.ref, time.monotonic() - t0)
+        policy = BatchPolicy(max_size=settings.batch.max_size, max_wait_s=settings.batch.max_wait_ms / 1000)
+        loop = InferenceLoop(engine.classifier.predict, policy, observer=telemetry.observe_batch).start()
+        dead_letters = DeadLetters(client)
+        store = RedisResultStore(client, ttl_s=settings.results.ttl_s, index_max=settings.results.index_max)
+        processor = JobProcessor(
+            spec=engine.spec,
+            preparer=BoundedPreparer(engine, settings.batch.prepare_threads),
+            infer=loop.submit,
+            store=telemetry.wrap_store(store, settings, client),
+            counters=RedisJobCounters(client),
+            dead_letters=dead_letters,
+            limiter=RedisRateLimiter(client),
+            retry=RetryPolicy(**settings.retry.model_dump()),
+            rate=RateLimitPolicy(**settings.rate_limit.model_dump()),
+            thresholds=engine.thresholds,
+        )
+        log.info("worker ready: %s on %s, batch<=%d wait<=%.0fms", engine.spec.ref, engine.device,
+                 policy.max_size, settings.batch.max_wait_ms)
+        return cls(settings, engine, loop, processor, client, dead_letters, telemetry)
+
+    def process(self, job: JobMessage, lane: str | None = None) -> Decision:
+        """Run one job; store errors surface as TransientError(UNAVAILABLE) for the adapter to requeue."""
+        with self.telemetry.job(lane):
+            try:
+                decision = self.processor.process(job)
+            except FakesakeError:
+                raise
+            except Exception as exc:  # Redis down while reading/writing counters or results
+                if _is_redis_error(exc):
+                    raise TransientError(ErrorCode.UNAVAILABLE, f"result store unavailable: {exc}") from exc
+                raise
+            self.telemetry.decision(decision, lane)
+            return decision
+
+    def reject_invalid(self, payload: Any, exc: ValidationError) -> None:
+        """A message that is not a valid job cannot get a tenant-scoped result; it is dead-lettered raw."""
+        log.error("invalid job message dead-lettered: %s", exc.errors(include_url=False)[:3])
+        self.dead_letters.add_raw(payload, code=ErrorCode.INVALID_JOB.value, message=str(exc)[:2000])
+        self.telemetry.invalid()
+
+    def deliver_webhook(self, result: JobResult, url: str, attempt: int) -> float | None:
+        """One webhook attempt; returns a retry countdown or None when done (delivered or given up)."""
+        from worker.webhook_delivery import deliver_once
+
+        return deliver_once(self.settings, result, url, attempt, self.telemetry)
+
+    def close(self) -> None:
+        self.loop.stop()
+        self.telemetry.stop()
+
+
+def _is_redis_error(exc: BaseException) -> bool:
+    import redis
+
+    return isinstance(exc, redis.RedisError | ConnectionError | TimeoutError)
+
+
+__all__ = ["BoundedPreparer", "Finished", "WorkerRuntime"]
