@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ssl
 from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import redis
 
@@ -35,6 +36,19 @@ def redis_kwargs(settings: RedisSettings) -> dict[str, Any]:
 def redis_from_settings(settings: RedisSettings) -> redis.Redis:
     """A thread-safe client (connection pool) for ``settings.url``."""
     return redis.Redis.from_url(settings.url, **redis_kwargs(settings))
+
+
+def broker_url(settings: RedisSettings) -> str:
+    """The Redis URL with ``password`` folded in, for clients (Celery/kombu) that take only a URL."""
+    if settings.password is None:
+        return settings.url
+    parts = urlsplit(settings.url)
+    if parts.password:
+        return settings.url
+    user = quote(parts.username or "", safe="")
+    secret = quote(settings.password.get_secret_value(), safe="")
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:{secret}@{host}"))
 
 
 def celery_ssl_options(settings: RedisSettings) -> dict[str, Any] | None:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 TASK_NAME = "fakesake.classify"
 WEBHOOK_TASK_NAME = "fakesake.deliver_webhook"
 KEY_PREFIX = "fakesake"
@@ -77,6 +77,21 @@ class Keys:
     @staticmethod
     def rate(scope: str, name: str) -> str:
         return f"{KEY_PREFIX}:rate:{scope}:{name}"
+
+    @staticmethod
+    def notify(tenant: str) -> str:
+        """Pub/sub channel on which the result store announces each new final result (the job id)."""
+        return f"{KEY_PREFIX}:done:{tenant}"
+
+    @staticmethod
+    def redriven_from(job_id: str) -> str:
+        """Job id that a re-driven job replaces (set by ``fakesake dlq retry``)."""
+        return f"{KEY_PREFIX}:dlq:from:{job_id}"
+
+    @staticmethod
+    def dlq_redriven(job_id: str) -> str:
+        """The dead-letter record of a job after it was re-driven (kept for audit with a TTL)."""
+        return f"{KEY_PREFIX}:dlq:redriven:{job_id}"
 
     DLQ = f"{KEY_PREFIX}:dlq"
     DLQ_INDEX = f"{KEY_PREFIX}:dlq:index"

@@ -8,10 +8,10 @@ Imports only pydantic(-settings) and the standard library.
 from __future__ import annotations
 
 import ipaddress
+from typing import Annotated
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 ENV_PREFIX = "FAKESAKE_"
 

@@ -21,7 +21,7 @@ from celery.exceptions import Reject
 from kombu import Queue
 from pydantic import ValidationError
 
-from producers.connections import celery_ssl_options
+from producers.connections import broker_url, celery_ssl_options
 from producers.contract import ALL_QUEUES, TASK_NAME, WEBHOOK_TASK_NAME, JobMessage, JobResult
 from producers.errors import FakesakeError
 from worker.logs import job_context
@@ -35,7 +35,7 @@ def celery_config(settings: WorkerSettings) -> dict[str, Any]:
     """Celery settings derived from ours. Each line guards against a default that loses or duplicates work."""
     vt = settings.redis.visibility_timeout_s
     return {
-        "broker_url": settings.redis.url,
+        "broker_url": broker_url(settings.redis),
         "broker_use_ssl": celery_ssl_options(settings.redis),
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {

@@ -26,7 +26,8 @@ def _add_scan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="file, directory (recursive), http(s):// URL or s3://bucket/key-or-prefix")
     p.add_argument("--model", help="detector name (see `fakesake models`); env FAKESAKE_MODEL__NAME")
-    p.add_argument("--weights", help="weights file, snapshot dir, hf-hub:REPO[@REV] or s3://; env FAKESAKE_MODEL__WEIGHTS")
+    p.add_argument("--weights",
+                   help="weights file, snapshot dir, hf-hub:REPO[@REV] or s3://; env FAKESAKE_MODEL__WEIGHTS")
     p.add_argument("--device", help="auto|cpu|cuda|cuda:N")
     p.add_argument("--preprocess", choices=["exact", "fast"], help="exact (default) matches the reference pipeline")
     p.add_argument("--batch-size", type=int, help="largest inference batch")
@@ -91,6 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["worker"] and not {"-h", "--help"} & set(argv[1:2]):
+        # Everything after `worker` belongs to `celery worker`; argparse's REMAINDER cannot pass options
+        # such as `--pool threads` through a sub-command, so they skip the parser.
+        try:
+            return _run_worker(argparse.Namespace(celery_args=argv[1:]))
+        except ConfigError as exc:
+            print(f"fakesake: {exc.code.value}: {exc.message}", file=sys.stderr)
+            return EXIT_USAGE
     parser = build_parser()
     args = parser.parse_args(argv)
     from worker.logs import setup_logging

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from producers.contract import ErrorInfo, JobMessage, JobResult, Status, Timings
 from producers.errors import ErrorCode, FakesakeError, PermanentError, TransientError, as_fakesake_error
+from worker.fetch.ssrf import redact_url as redact
 from worker.models.registry import DetectorSpec, Thresholds
 from worker.protocols import RateLimiter, ResultStore
 from worker.verdict import verdict
@@ -59,6 +60,7 @@ class RetryLater:
     countdown_s: float
     error: FakesakeError
     deferral: bool = False  # a rate-limit deferral is not a failed attempt
+    scope: str | None = None  # which limit deferred it (tenant|host)
 
 
 Decision = Finished | RetryLater
@@ -137,7 +139,7 @@ class JobProcessor:
             wait_s = self.limiter.acquire(scope, name, rate, burst)
             if wait_s > 0:
                 err = TransientError(ErrorCode.RATE_LIMITED, f"{scope} rate limit reached", retry_after_s=wait_s)
-                return RetryLater(wait_s, err, deferral=True)
+                return RetryLater(wait_s, err, deferral=True, scope=scope)
         return None
 
     def _run(self, job: JobMessage, started: float, deliveries: int) -> Decision:
@@ -203,15 +205,3 @@ def source_host(source: str) -> str:
     """The rate-limit scope of a source: the URL host, or the S3 bucket."""
     parts = urlsplit(source)
     return (parts.hostname or parts.netloc or "local").lower()
-
-
-def redact(source: str) -> str:
-    """Drop query strings (presigned URL signatures) and credentials from a source before it is stored."""
-    parts = urlsplit(source)
-    if parts.scheme not in ("http", "https"):
-        return source
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    query = "?<redacted>" if parts.query else ""
-    return f"{parts.scheme}://{host}{parts.path}{query}"

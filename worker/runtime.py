@@ -55,24 +55,27 @@ class WorkerRuntime:
         from worker.fetch.router import build_fetcher
         from worker.fetch.s3 import make_s3_client
         from worker.ratelimit import RedisRateLimiter
-        from worker.results import RedisResultStore
+        from worker.results import RedisResultStore, S3ResultSink, SinkingResultStore
         from worker.telemetry import Telemetry
 
-        telemetry = Telemetry.start(settings)
         client = redis_from_settings(settings.redis)
+        telemetry = Telemetry.start(settings, client)
         t0 = time.monotonic()
-        fetcher = build_fetcher(settings, s3_client=make_s3_client(settings.s3))
+        s3_client = make_s3_client(settings.s3)
+        fetcher = build_fetcher(settings, s3_client=s3_client)
         engine = Engine.from_settings(settings, fetcher)
         telemetry.model_loaded(engine.spec.ref, time.monotonic() - t0)
         policy = BatchPolicy(max_size=settings.batch.max_size, max_wait_s=settings.batch.max_wait_ms / 1000)
         loop = InferenceLoop(engine.classifier.predict, policy, observer=telemetry.observe_batch).start()
         dead_letters = DeadLetters(client)
-        store = RedisResultStore(client, ttl_s=settings.results.ttl_s, index_max=settings.results.index_max)
+        store: Any = RedisResultStore(client, ttl_s=settings.results.ttl_s, index_max=settings.results.index_max)
+        if settings.results.s3_prefix:
+            store = SinkingResultStore(store, S3ResultSink(s3_client, settings.results.s3_prefix))
         processor = JobProcessor(
             spec=engine.spec,
             preparer=BoundedPreparer(engine, settings.batch.prepare_threads),
             infer=loop.submit,
-            store=telemetry.wrap_store(store, settings, client),
+            store=store,
             counters=RedisJobCounters(client),
             dead_letters=dead_letters,
             limiter=RedisRateLimiter(client),

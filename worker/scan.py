@@ -15,8 +15,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from producers.contract import parse_s3_uri
-from producers.errors import ConfigError
+from producers.enumerate import expand_s3
 from producers.output import write_records
 from worker.settings import WorkerSettings
 
@@ -45,24 +44,16 @@ def settings_from_args(args: argparse.Namespace, base: WorkerSettings | None = N
     return settings.model_copy(update=update)
 
 
-def expand_inputs(inputs: Iterable[str], list_s3: Any = None) -> Iterator[str]:
+def expand_inputs(inputs: Iterable[str], s3_client: Any = None) -> Iterator[str]:
     """Yield one source per image: files as given, folders walked (sorted), S3 prefixes listed.
 
-    ``list_s3(bucket, prefix)`` yields keys; an ``s3://`` input whose key ends without ``/`` and names an
-    existing object stays a single source (the fetcher reports it if it does not exist).
+    S3 inputs expand exactly as for ``fakesake submit`` (:func:`producers.enumerate.expand_s3`).
     """
     for item in inputs:
         if item.startswith(("http://", "https://")):
             yield item
         elif item.startswith("s3://"):
-            bucket, key = parse_s3_uri(item)
-            if key and not key.endswith("/"):
-                yield item
-                continue
-            if list_s3 is None:
-                raise ConfigError("s3:// prefixes need an S3 client")
-            for found in list_s3(bucket, key):
-                yield f"s3://{bucket}/{found}"
+            yield from expand_s3(item, s3_client)
         elif os.path.isdir(item):
             for root, dirs, files in os.walk(item):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -76,7 +67,7 @@ def expand_inputs(inputs: Iterable[str], list_s3: Any = None) -> Iterator[str]:
 def _open_output(path: str | None) -> IO[str]:
     if path is None:
         return sys.stdout
-    return open(path, "w", encoding="utf-8", newline="")  # noqa: SIM115 - closed by the caller
+    return open(path, "w", encoding="utf-8", newline="")
 
 
 def run_scan(args: argparse.Namespace) -> int:
@@ -85,7 +76,7 @@ def run_scan(args: argparse.Namespace) -> int:
 
     from worker.engine import Engine
     from worker.fetch.router import build_fetcher
-    from worker.fetch.s3 import list_prefix, make_s3_client
+    from worker.fetch.s3 import make_s3_client
 
     settings = settings_from_args(args)
     needs_s3 = any(i.startswith("s3://") for i in args.inputs)
@@ -93,7 +84,7 @@ def run_scan(args: argparse.Namespace) -> int:
     fetcher = build_fetcher(settings, allow_local_files=True, s3_client=s3_client)
     engine = Engine.from_settings(settings, fetcher)
 
-    sources = expand_inputs(args.inputs, (lambda b, p: list_prefix(s3_client, b, p)) if s3_client else None)
+    sources = expand_inputs(args.inputs, s3_client)
     failed = total = 0
     out = _open_output(args.output)
     try:

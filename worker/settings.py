@@ -6,11 +6,10 @@ these directly: the process turns them into small frozen policies (BatchPolicy, 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 from producers.settings import ENV_PREFIX, QueueSettings, RedisSettings, S3Settings, parse_cidrs
 
@@ -95,7 +94,23 @@ class LogSettings(BaseModel):
 
 class MetricsSettings(BaseModel):
     port: int = Field(default=9808, ge=0, le=65535, description="Prometheus port; 0 = disabled")
-    health_port: int = Field(default=9809, ge=0, le=65535, description="HTTP /healthz /readyz port; 0 = disabled")
+    health_port: int = Field(default=9809, ge=0, le=65535,
+                             description="HTTP /livez /readyz (and /healthz = /livez) port; 0 = disabled")
+    bind_host: str = Field(default="0.0.0.0", description="Address the metrics and health servers bind")
+    heartbeat_file: str = Field(
+        default="/tmp/fakesake-heartbeat",
+        description="File the heartbeat thread rewrites (read by `fakesake health --file`)")
+    heartbeat_interval_s: float = Field(default=5.0, gt=0, description="Heartbeat (file + Redis ping) period")
+    heartbeat_max_age_s: float = Field(
+        default=30.0, gt=0,
+        description="Liveness: a heartbeat older than this = dead; readiness: a last Redis answer older "
+        "than this = not ready. Keep above interval + redis.socket_timeout_s")
+
+    @model_validator(mode="after")
+    def _max_age_above_interval(self) -> MetricsSettings:
+        if self.heartbeat_max_age_s <= self.heartbeat_interval_s:
+            raise ValueError("metrics.heartbeat_max_age_s must exceed metrics.heartbeat_interval_s")
+        return self
 
 
 class WorkerSettings(BaseSettings):

@@ -150,6 +150,7 @@ def test_permanent_errors_finish_at_once_and_are_dead_lettered(error: PermanentE
     decision = proc.process(JOB)
     assert isinstance(decision, Finished)
     assert decision.result.error is not None and decision.result.error.code == error.code.value
+    assert store.get(JOB.tenant, JOB.job_id) == decision.result
     assert not decision.result.error.retryable
     assert preparer.calls == 1 and [d[0] for d in dlq.records] == [JOB.job_id]
 
@@ -239,7 +240,7 @@ def test_failed_batch_fails_its_jobs_as_internal() -> None:
 @pytest.mark.parametrize(
     ("source", "host", "redacted"),
     [
-        ("https://u:p@Img.Example:8443/a.jpg?sig=1", "img.example", "https://img.example:8443/a.jpg?<redacted>"),
+        ("https://u:p@Img.Example:8443/a.jpg?sig=1", "img.example", "https://Img.Example:8443/a.jpg?<redacted>"),
         ("http://h/a.png", "h", "http://h/a.png"),
         ("s3://bucket/key.jpg", "bucket", "s3://bucket/key.jpg"),
     ],

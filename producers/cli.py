@@ -1,0 +1,349 @@
+"""``fakesake submit``, ``fakesake result`` and ``fakesake dlq``: the producer side of the command line.
+
+Mounted by the root CLI (``worker/cli.py``) through :func:`add_subcommands`; each sub-command sets
+``run(args) -> exit code``. Exit codes: 0 all ok, 3 some jobs failed (each reported), 2 usage or
+configuration error (bad manifest, Redis unreachable). Imports stay light: no torch, no Celery app.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections.abc import Iterator, Sequence
+from typing import IO, Any
+
+from producers.contract import JobResult, Priority
+from producers.errors import ErrorCode, FakesakeError, PermanentError
+from producers.output import FORMATS, write_records
+from producers.settings import ProducerSettings
+
+EXIT_OK, EXIT_USAGE, EXIT_SOME_FAILED = 0, 2, 3
+_CHUNK = 10_000  # items validated and enqueued per round: bounded memory for huge manifests/prefixes
+
+
+def result_record(result: JobResult, source: str | None = None) -> dict[str, Any]:
+    """A result in ``scan``'s record shape (``source`` as the user gave it) plus job id, attempts, timings."""
+    return {
+        "source": source if source is not None else result.source,
+        "status": result.status.value,
+        "score": result.score,
+        "label": None if result.label is None else result.label.value,
+        "band": None if result.band is None else result.band.value,
+        "model": result.model,
+        "error": None
+        if result.error is None
+        else {"code": result.error.code, "message": result.error.message},
+        "job_id": result.job_id,
+        "attempts": result.attempts,
+        "timings": result.timings.model_dump(),
+    }
+
+
+def error_record(source: str, code: str, message: str, job_id: str | None = None) -> dict[str, Any]:
+    return {
+        "source": source,
+        "status": "error",
+        "score": None,
+        "label": None,
+        "band": None,
+        "model": None,
+        "error": {"code": code, "message": message},
+        "job_id": job_id,
+    }
+
+
+def _settings(args: argparse.Namespace) -> ProducerSettings:
+    settings = ProducerSettings()
+    update: dict[str, Any] = {}
+    if getattr(args, "redis_url", None):
+        update["redis"] = settings.redis.model_copy(update={"url": args.redis_url})
+    if getattr(args, "s3_endpoint_url", None):
+        update["s3"] = settings.s3.model_copy(update={"endpoint_url": args.s3_endpoint_url})
+    return settings.model_copy(update=update)
+
+
+def _producer(args: argparse.Namespace) -> Any:
+    from producers.client import Producer
+
+    return Producer(_settings(args))
+
+
+@contextlib.contextmanager
+def _output(path: str | None) -> Iterator[IO[str]]:
+    if path is None:
+        yield sys.stdout
+        return
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        yield f
+
+
+def _fail(exc: FakesakeError) -> int:
+    print(f"fakesake: {exc.code.value}: {exc.message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _common(p: argparse.ArgumentParser, *, formats: bool = True) -> None:
+    p.add_argument("--tenant", help="tenant (default: env FAKESAKE_TENANT or 'default')")
+    p.add_argument("--redis-url", help="Redis URL; env FAKESAKE_REDIS__URL")
+    if formats:
+        p.add_argument("--format", choices=FORMATS, default="jsonl", help="output format (default jsonl)")
+        p.add_argument("--output", "-o", help="write records here instead of stdout")
+
+
+def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Mount ``submit``, ``result`` and ``dlq`` on the root parser's sub-parsers."""
+    p = sub.add_parser(
+        "submit", help="enqueue images (URLs, s3:// objects or prefixes, manifests) for workers"
+    )
+    p.add_argument(
+        "inputs", nargs="*", metavar="INPUT", help="http(s):// URL, s3://bucket/key or s3://bucket/prefix/"
+    )
+    p.add_argument(
+        "--manifest",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="CSV (a 'source' column) or JSONL ({\"source\": ...}) manifest; repeatable",
+    )
+    p.add_argument(
+        "--priority",
+        choices=[x.value for x in Priority],
+        default=Priority.INTERACTIVE.value,
+        help="lane (default interactive)",
+    )
+    p.add_argument("--model", help="detector name; env FAKESAKE_DEFAULT_MODEL")
+    p.add_argument("--callback-url", help="POST each signed result here")
+    p.add_argument("--idempotency-key", help="only with a single input: resubmitting returns the same job")
+    p.add_argument("--wait", action="store_true", help="wait for the results and print them")
+    p.add_argument(
+        "--timeout", type=float, default=600.0, help="--wait at most this many seconds (default 600)"
+    )
+    p.add_argument(
+        "--wait-if-full",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="wait up to S seconds for room when a lane is full (default: refuse at once)",
+    )
+    p.add_argument(
+        "--s3-endpoint-url", help="S3-compatible endpoint for listing prefixes; env FAKESAKE_S3__ENDPOINT_URL"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    _common(p)
+    p.set_defaults(run=run_submit)
+
+    p = sub.add_parser("result", help="print the result of a job")
+    p.add_argument("job_id", metavar="JOB_ID")
+    _common(p)
+    p.set_defaults(run=run_result)
+
+    p = sub.add_parser("dlq", help="list or re-drive dead-lettered jobs")
+    dlq = p.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    q = dlq.add_parser("list", help="dead letters not yet re-driven, oldest first")
+    q.add_argument("--limit", type=int, default=100)
+    _common(q)
+    q.set_defaults(run=run_dlq_list)
+    q = dlq.add_parser("retry", help="re-enqueue dead jobs under new job ids")
+    q.add_argument("job_ids", nargs="*", metavar="JOB_ID")
+    q.add_argument("--all", action="store_true", help="every dead letter not yet re-driven")
+    _common(q)
+    q.set_defaults(run=run_dlq_retry)
+
+
+def _enqueue_all(
+    args: argparse.Namespace,
+    producer: Any,
+    sources: list[str],
+    job_ids: list[str | None],
+    records: dict[int, dict[str, Any]],
+) -> None:
+    """Expand inputs, validate and enqueue them chunk by chunk; fill ``sources``/``job_ids``/``records``."""
+    from producers.client import QueueFullError
+    from producers.enumerate import expand_inputs, make_s3_client
+
+    needs_s3 = any(i.startswith("s3://") for i in args.inputs)
+    items = expand_inputs(
+        args.inputs,
+        manifests=args.manifest,
+        s3_client=make_s3_client(producer.settings.s3) if needs_s3 else None,
+    )
+    defaults = {
+        "tenant": args.tenant,
+        "model": args.model,
+        "priority": args.priority,
+        "callback_url": args.callback_url,
+        "idempotency_key": args.idempotency_key,
+    }
+    done = False
+    while not done:
+        chunk: list[tuple[int, Any]] = []
+        for item in items:
+            index = len(sources)
+            sources.append(item["source"])
+            job_ids.append(None)
+            try:
+                chunk.append((index, producer.build_job(**{**defaults, **item})))
+            except PermanentError as exc:
+                records[index] = error_record(item["source"], exc.code.value, exc.message)
+            if len(chunk) >= _CHUNK:
+                break
+        else:
+            done = True
+        try:
+            accepted = dict(
+                enumerate(producer.enqueue([job for _, job in chunk], wait_if_full_s=args.wait_if_full))
+            )
+        except QueueFullError as exc:
+            accepted = exc.accepted
+            for n, (index, _) in enumerate(chunk):
+                if n not in accepted:
+                    records[index] = error_record(sources[index], exc.code.value, exc.message)
+        for n, job_id in accepted.items():
+            job_ids[chunk[n][0]] = job_id
+
+
+def run_submit(args: argparse.Namespace) -> int:
+    """``fakesake submit``: enqueue, then print one record per input (queued, or the result with --wait)."""
+    if not args.inputs and not args.manifest:
+        print("fakesake submit: give at least one INPUT or --manifest", file=sys.stderr)
+        return EXIT_USAGE
+    if args.idempotency_key and (len(args.inputs) != 1 or args.manifest):
+        print(
+            "fakesake submit: --idempotency-key needs exactly one INPUT (use a manifest column for many)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    sources: list[str] = []
+    job_ids: list[str | None] = []
+    records: dict[int, dict[str, Any]] = {}
+    try:
+        producer = _producer(args)
+        tenant = args.tenant or producer.settings.tenant
+        _enqueue_all(args, producer, sources, job_ids, records)
+        results: dict[str, JobResult] = {}
+        if args.wait:
+            from tqdm import tqdm
+
+            wanted = list(dict.fromkeys(j for j in job_ids if j is not None))
+            with tqdm(
+                total=len(wanted),
+                desc="results",
+                unit="job",
+                file=sys.stderr,
+                disable=True if args.no_progress else None,
+            ) as bar:
+                results = producer.wait(
+                    wanted, tenant, timeout_s=args.timeout, on_result=lambda _: bar.update(1)
+                )
+    except FakesakeError as exc:
+        return _fail(exc)
+    for index, job_id in enumerate(job_ids):
+        if index in records or job_id is None:
+            continue
+        if not args.wait:
+            records[index] = {"source": sources[index], "status": "queued", "job_id": job_id}
+        elif job_id in results:
+            records[index] = result_record(results[job_id], sources[index])
+        else:
+            records[index] = error_record(
+                sources[index],
+                ErrorCode.TIMEOUT.value,
+                f"no result within {args.timeout:g} s (still queued or running)",
+                job_id,
+            )
+    ordered = [records[i] for i in range(len(sources))]
+    with _output(args.output) as out:
+        write_records(ordered, args.format, out)
+    return EXIT_SOME_FAILED if any(r["status"] == "error" for r in ordered) else EXIT_OK
+
+
+def run_result(args: argparse.Namespace) -> int:
+    """``fakesake result JOB_ID``: 0 ok; 3 error result, or none (pending, expired, other tenant)."""
+    try:
+        producer = _producer(args)
+        result = producer.get_result(args.job_id, args.tenant)
+    except FakesakeError as exc:
+        return _fail(exc)
+    if result is None:
+        print(
+            f"fakesake result: no result for job {args.job_id} (pending, expired, or not this tenant's)",
+            file=sys.stderr,
+        )
+        return EXIT_SOME_FAILED
+    with _output(args.output) as out:
+        write_records([result_record(result)], args.format, out)
+    return EXIT_OK if result.ok else EXIT_SOME_FAILED
+
+
+def _dead_record(letter: Any) -> dict[str, Any]:
+    job = letter.job  # None for a message that was not a valid job
+    return {
+        "source": None if job is None else job.source,
+        "status": "dead",
+        "model": None if job is None else job.model,
+        "error": {"code": letter.error.code, "message": letter.error.message},
+        "job_id": letter.job_id,
+        "tenant": None if job is None else job.tenant,
+        "priority": None if job is None else job.priority.value,
+        "attempts": letter.attempts,
+        "deliveries": letter.deliveries,
+        "dead_at": letter.dead_at.isoformat(),
+        "redriven_from": letter.redriven_from,
+    }
+
+
+def run_dlq_list(args: argparse.Namespace) -> int:
+    """``fakesake dlq list``: one record per dead letter not yet re-driven."""
+    from worker.dlq import DeadLetters
+
+    try:
+        letters = DeadLetters(_producer(args).redis).list(args.limit)
+    except FakesakeError as exc:
+        return _fail(exc)
+    with _output(args.output) as out:
+        write_records([_dead_record(x) for x in letters], args.format, out)
+    return EXIT_OK
+
+
+def run_dlq_retry(args: argparse.Namespace) -> int:
+    """``fakesake dlq retry JOB_ID... | --all``: re-enqueue under new ids; prints old id -> new id."""
+    from worker.dlq import DeadLetters
+
+    if bool(args.job_ids) == bool(args.all):
+        print("fakesake dlq retry: give JOB_IDs or --all", file=sys.stderr)
+        return EXIT_USAGE
+    failed = False
+    records: list[dict[str, Any]] = []
+    try:
+        producer = _producer(args)
+        dlq = DeadLetters(producer.redis)
+        targets: Sequence[str] = args.job_ids or [x.job_id for x in dlq.list(dlq.count())]
+        for job_id in targets:
+            letter = dlq.get(job_id)
+            source = "" if letter is None or letter.job is None else letter.job.source
+            try:
+                new_id = dlq.redrive(job_id, producer)
+            except FakesakeError as exc:
+                failed = True
+                records.append(error_record(source, exc.code.value, exc.message, job_id))
+                continue
+            records.append({"source": source, "status": "requeued", "job_id": job_id, "redriven_to": new_id})
+    except FakesakeError as exc:
+        return _fail(exc)
+    with _output(args.output) as out:
+        write_records(records, args.format, out)
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the producer sub-commands alone (the ``fakesake`` console script mounts them too)."""
+    parser = argparse.ArgumentParser(prog="fakesake")
+    add_subcommands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    args = parser.parse_args(argv)
+    code: int = args.run(args)
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,360 @@
+"""The producer API: enqueue image references, read and wait for their results. No torch, no Celery app.
+
+Every enqueue goes through one Lua script per lane and chunk (:data:`_ENQUEUE_LUA`), which — atomically,
+inside Redis — checks the idempotency key, checks the lane's depth against ``queue.max_depth`` and
+``LPUSH``es the Celery message (:mod:`producers.wire`). Because the idempotency ``SET`` and the ``LPUSH``
+happen in the same script, a producer that crashes mid-call leaves either both or neither: never a key
+that points at a job that was never queued, nor a queued job whose key was lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, cast
+
+import redis
+from pydantic import TypeAdapter, ValidationError
+
+from producers import wire
+from producers.connections import redis_from_settings
+from producers.contract import JobMessage, JobResult, Keys, Priority, TenantId
+from producers.errors import ErrorCode, PermanentError, TransientError
+from producers.settings import ProducerSettings
+
+log = logging.getLogger(__name__)
+
+CHUNK = 500  # jobs per script call: ~1 ms of Redis time, so consumers are never blocked for long
+_FULL_RETRY_S = 0.2
+_JOB_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+_TENANT = TypeAdapter(TenantId)
+
+# KEYS[1] = lane list, KEYS[2..] = idempotency keys. ARGV = max_depth, ttl_s, then per job the triple
+# (index into KEYS of its idempotency key or 0, job id, message). Returns per job: status, job id.
+# A known idempotency key wins over a full queue: resubmitting an accepted job is never refused.
+_ENQUEUE_LUA = """
+local max_depth = tonumber(ARGV[1])
+local ttl = tonumber(ARGV[2])
+local depth = redis.call('LLEN', KEYS[1])
+local out = {}
+for i = 3, #ARGV, 3 do
+  local k = tonumber(ARGV[i])
+  local job_id = ARGV[i + 1]
+  local existing = false
+  if k > 0 then existing = redis.call('GET', KEYS[k]) end
+  if existing then
+    out[#out + 1] = 'dup'; out[#out + 1] = existing
+  elseif depth >= max_depth then
+    out[#out + 1] = 'full'; out[#out + 1] = job_id
+  else
+    if k > 0 then redis.call('SET', KEYS[k], job_id, 'EX', ttl) end
+    redis.call('LPUSH', KEYS[1], ARGV[i + 2])
+    depth = depth + 1
+    out[#out + 1] = 'new'; out[#out + 1] = job_id
+  end
+end
+return out
+"""
+
+
+class QueueFullError(TransientError):
+    """A lane is at ``queue.max_depth``. ``accepted`` holds the ids of jobs of the call that did get in
+    (by input index), so a bulk caller can resume with the rest."""
+
+    def __init__(self, message: str, accepted: dict[int, str], retry_after_s: float = 1.0) -> None:
+        super().__init__(ErrorCode.QUEUE_FULL, message, retry_after_s=retry_after_s)
+        self.accepted = accepted
+
+
+@contextlib.contextmanager
+def redis_errors(what: str) -> Iterator[None]:
+    """Turn redis-py connection trouble into ``TransientError(unavailable)`` with a human message."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise TransientError(ErrorCode.UNAVAILABLE, f"{what}: Redis unavailable: {exc}") from exc
+
+
+def text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def check_ids(tenant: str, job_id: str | None = None) -> None:
+    """Reject tenants/job ids that could step outside their key namespace (e.g. containing ``:``)."""
+    try:
+        _TENANT.validate_python(tenant)
+    except ValidationError as exc:
+        raise PermanentError(ErrorCode.INVALID_JOB, f"invalid tenant {tenant!r}: {_messages(exc)}") from exc
+    if job_id is not None and not _JOB_ID.match(job_id):
+        raise PermanentError(
+            ErrorCode.INVALID_JOB, f"invalid job id {job_id!r}: expected 8-64 of [A-Za-z0-9_-]"
+        )
+
+
+def _messages(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors(include_url=False)
+    )
+
+
+class Producer:
+    """Enqueue jobs onto the Redis lanes the Celery workers consume, and read their results.
+
+    Thread-safe (redis-py clients are). ``redis_client`` overrides the connection built from settings.
+    """
+
+    def __init__(
+        self, settings: ProducerSettings | None = None, *, redis_client: redis.Redis | None = None
+    ) -> None:
+        self.settings = settings or ProducerSettings()
+        self.redis = redis_client if redis_client is not None else redis_from_settings(self.settings.redis)
+        self._enqueue = self.redis.register_script(_ENQUEUE_LUA)
+
+    # -- building -----------------------------------------------------------------------------------
+    def build_job(
+        self,
+        source: str,
+        *,
+        tenant: str | None = None,
+        model: str | None = None,
+        priority: Priority | str = Priority.INTERACTIVE,
+        idempotency_key: str | None = None,
+        callback_url: str | None = None,
+        source_version: str | None = None,
+    ) -> JobMessage:
+        """Validate one job; raise ``PermanentError`` (``invalid-source`` / ``invalid-job``) if it is bad."""
+        try:
+            return JobMessage(
+                tenant=tenant or self.settings.tenant,
+                source=source,
+                model=model or self.settings.default_model,
+                priority=priority,
+                idempotency_key=idempotency_key,
+                callback_url=callback_url,
+                source_version=source_version,
+            )
+        except ValidationError as exc:
+            code = (
+                ErrorCode.INVALID_SOURCE
+                if any(e["loc"][:1] == ("source",) for e in exc.errors())
+                else ErrorCode.INVALID_JOB
+            )
+            raise PermanentError(code, f"{source!r}: {_messages(exc)}") from exc
+
+    def build_jobs(self, items: Iterable[str | Mapping[str, Any]], **defaults: Any) -> list[JobMessage]:
+        """Items are sources or dicts of :meth:`build_job` arguments (which override ``defaults``)."""
+        jobs = []
+        for item in items:
+            fields = {**defaults, **(item if isinstance(item, Mapping) else {"source": item})}
+            if not isinstance(fields.get("source"), str):
+                raise PermanentError(ErrorCode.INVALID_SOURCE, f"item without a source: {item!r}")
+            jobs.append(self.build_job(fields.pop("source"), **fields))
+        return jobs
+
+    # -- enqueueing ---------------------------------------------------------------------------------
+    def submit(
+        self,
+        source: str,
+        *,
+        tenant: str | None = None,
+        model: str | None = None,
+        priority: Priority | str = Priority.INTERACTIVE,
+        idempotency_key: str | None = None,
+        callback_url: str | None = None,
+        source_version: str | None = None,
+        wait_if_full_s: float = 0,
+    ) -> str:
+        """Enqueue one image reference; return its job id (the earlier one for a known idempotency key).
+
+        Raises ``PermanentError`` for a bad input and ``QueueFullError`` (a ``TransientError`` with code
+        ``queue-full``) when the lane stays at ``queue.max_depth`` for ``wait_if_full_s`` seconds.
+        """
+        job = self.build_job(
+            source,
+            tenant=tenant,
+            model=model,
+            priority=priority,
+            idempotency_key=idempotency_key,
+            callback_url=callback_url,
+            source_version=source_version,
+        )
+        return self.enqueue([job], wait_if_full_s=wait_if_full_s)[0]
+
+    def submit_many(
+        self,
+        items: Iterable[str | Mapping[str, Any]],
+        *,
+        tenant: str | None = None,
+        model: str | None = None,
+        priority: Priority | str = Priority.INTERACTIVE,
+        callback_url: str | None = None,
+        wait_if_full_s: float = 0,
+    ) -> list[str]:
+        """Validate all items first (nothing is queued if one is bad), then enqueue them pipelined.
+
+        Returns job ids in input order. Items are sources or dicts with ``source`` and any of
+        ``tenant, model, priority, idempotency_key, callback_url, source_version``.
+        """
+        jobs = self.build_jobs(
+            items, tenant=tenant, model=model, priority=priority, callback_url=callback_url
+        )
+        return self.enqueue(jobs, wait_if_full_s=wait_if_full_s)
+
+    def enqueue(self, jobs: Sequence[JobMessage], *, wait_if_full_s: float = 0) -> list[str]:
+        """Push validated jobs (one script call per lane and chunk, all in one round trip)."""
+        ids: dict[int, str] = {}
+        todo = list(range(len(jobs)))
+        deadline = time.monotonic() + wait_if_full_s
+        while True:
+            with redis_errors("enqueue"):
+                todo = self._enqueue_once(jobs, todo, ids)
+            if not todo:
+                return [ids[i] for i in range(len(jobs))]
+            lanes = sorted({jobs[i].priority.value for i in todo})
+            if time.monotonic() >= deadline:
+                raise QueueFullError(
+                    f"queue {', '.join(wire.queue_key(lane) for lane in lanes)} is at its limit of "
+                    f"{self.settings.queue.max_depth} jobs (queue.max_depth): {len(todo)} of {len(jobs)} "
+                    "jobs not queued; retry later, or pass wait_if_full_s to wait for room",
+                    accepted=dict(ids),
+                )
+            log.debug("lane(s) %s full; %d jobs waiting for room", lanes, len(todo))
+            time.sleep(min(_FULL_RETRY_S, max(0.0, deadline - time.monotonic())))
+
+    def _enqueue_once(self, jobs: Sequence[JobMessage], todo: list[int], ids: dict[int, str]) -> list[int]:
+        ttl = self.settings.queue.result_ttl_s
+        max_depth = self.settings.queue.max_depth
+        sender = wire.origin()
+        calls: list[list[int]] = []
+        with self.redis.pipeline(transaction=False) as pipe:
+            for lane in Priority:
+                lane_jobs = [i for i in todo if jobs[i].priority is lane]
+                for start in range(0, len(lane_jobs), CHUNK):
+                    chunk = lane_jobs[start : start + CHUNK]
+                    keys = [wire.queue_key(lane)]
+                    args: list[Any] = [max_depth, ttl]
+                    for i in chunk:
+                        job = jobs[i]
+                        key_index = 0
+                        if job.idempotency_key is not None:
+                            keys.append(Keys.idempotency(job.tenant, job.idempotency_key))
+                            key_index = len(keys)
+                        args += [key_index, job.job_id, wire.encode_message(job, sender=sender)]
+                    self._enqueue(keys=keys, args=args, client=pipe)
+                    calls.append(chunk)
+            replies = pipe.execute()
+        rejected = []
+        for chunk, reply in zip(calls, replies, strict=True):
+            for n, i in enumerate(chunk):
+                status, job_id = text(reply[2 * n]), text(reply[2 * n + 1])
+                if status == "full":
+                    rejected.append(i)
+                else:
+                    ids[i] = job_id
+        return rejected
+
+    def check_capacity(self, priority: Priority | str) -> None:
+        """Raise ``QueueFullError`` if the lane is at ``queue.max_depth`` (a non-atomic pre-check)."""
+        lane = wire.queue_key(priority)
+        with redis_errors("queue depth"):
+            depth = int(self.redis.llen(lane))
+        if depth >= self.settings.queue.max_depth:
+            raise QueueFullError(
+                f"queue {lane} holds {depth} jobs, at its limit of "
+                f"{self.settings.queue.max_depth} (queue.max_depth); retry later",
+                accepted={},
+            )
+
+    def queue_depths(self) -> dict[str, int]:
+        """Jobs waiting in each lane (not counting those a worker has taken)."""
+        with redis_errors("queue depths"), self.redis.pipeline(transaction=False) as pipe:
+            for lane in Priority:
+                pipe.llen(wire.queue_key(lane))
+            return {lane.value: int(n) for lane, n in zip(Priority, pipe.execute(), strict=True)}
+
+    # -- results ------------------------------------------------------------------------------------
+    def get_result(self, job_id: str, tenant: str | None = None) -> JobResult | None:
+        """The final result, or None while the job is pending (or unknown to this tenant, or expired)."""
+        tenant = tenant or self.settings.tenant
+        check_ids(tenant, job_id)
+        with redis_errors("get result"):
+            raw = self.redis.get(Keys.result(tenant, job_id))
+        return None if raw is None else JobResult.model_validate_json(raw)
+
+    def _fetch(self, tenant: str, job_ids: Sequence[str]) -> dict[str, JobResult]:
+        found: dict[str, JobResult] = {}
+        for start in range(0, len(job_ids), 1000):
+            chunk = job_ids[start : start + 1000]
+            for job_id, raw in zip(
+                chunk, self.redis.mget([Keys.result(tenant, j) for j in chunk]), strict=True
+            ):
+                if raw is not None:
+                    found[job_id] = JobResult.model_validate_json(raw)
+        return found
+
+    def wait(
+        self,
+        job_ids: Sequence[str],
+        tenant: str | None = None,
+        timeout_s: float = 60.0,
+        poll_s: float = 1.0,
+        on_result: Callable[[JobResult], None] | None = None,
+    ) -> dict[str, JobResult]:
+        """Wait until every job has a final result or ``timeout_s`` passes; return those that finished.
+
+        Woken by the result store's per-tenant notifications (``Keys.notify``), which fetch only the
+        announced jobs; every ``poll_s`` a pipelined MGET sweep of all pending jobs covers anything a
+        notification missed (a reconnect, a result written before we subscribed).
+        """
+        tenant = tenant or self.settings.tenant
+        for job_id in job_ids:
+            check_ids(tenant, job_id)
+        pending = dict.fromkeys(job_ids)
+        done: dict[str, JobResult] = {}
+
+        def take(found: dict[str, JobResult]) -> None:
+            for job_id, result in found.items():
+                if job_id in pending:
+                    del pending[job_id]
+                    done[job_id] = result
+                    if on_result is not None:
+                        on_result(result)
+
+        deadline = time.monotonic() + timeout_s
+        with redis_errors("wait"):
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            try:
+                pubsub.subscribe(Keys.notify(tenant))
+                take(self._fetch(tenant, list(pending)))  # after subscribing: nothing falls in between
+                next_sweep = time.monotonic() + poll_s
+                while pending and (now := time.monotonic()) < deadline:
+                    announced: list[str] = []
+                    message = pubsub.get_message(timeout=max(0.0, min(next_sweep, deadline) - now))
+                    while message is not None:
+                        if message.get("type") == "message":
+                            announced.append(text(message["data"]))
+                        message = pubsub.get_message(timeout=0)
+                    if wanted := [j for j in announced if j in pending]:
+                        take(self._fetch(tenant, wanted))
+                    if time.monotonic() >= next_sweep:
+                        take(self._fetch(tenant, list(pending)))
+                        next_sweep = time.monotonic() + poll_s
+            finally:
+                pubsub.close()
+        return done
+
+    def list_results(self, tenant: str | None = None, limit: int = 100) -> list[JobResult]:
+        """The tenant's most recent final results, newest first (expired ones skipped)."""
+        tenant = tenant or self.settings.tenant
+        check_ids(tenant)
+        with redis_errors("list results"):
+            newest = self.redis.zrevrange(Keys.tenant_index(tenant), 0, max(0, limit - 1))
+            ids = [text(j) for j in cast(list[bytes], newest)]
+            found = self._fetch(tenant, ids)
+        return [found[j] for j in ids if j in found]
+
+    def close(self) -> None:
+        self.redis.close()

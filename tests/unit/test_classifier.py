@@ -1,0 +1,57 @@
+"""TorchClassifier: softmax index, batch forms, precision defaults, invalid outputs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from worker.classifier import TorchClassifier
+from worker.models import registry
+from worker.models.loader import LoadedDetector
+
+SPEC = registry.get("ffs-mj-5m")
+
+
+class FixedLogits(nn.Module):
+    """Logits (0, x) where x is the input's mean: P(AI) = sigmoid(mean) at softmax index 1."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=(1, 2, 3))
+        return torch.stack([torch.zeros_like(mean), mean], dim=1)
+
+
+def _classifier(module: nn.Module) -> TorchClassifier:
+    return TorchClassifier(LoadedDetector(SPEC, module, torch.device("cpu")))
+
+
+def test_scores_are_softmax_index_one() -> None:
+    batch = [torch.full((3, 4, 4), v) for v in (-2.0, 0.0, 3.0)]
+    scores = _classifier(FixedLogits()).predict(batch)
+    assert scores == pytest.approx([1 / (1 + math.exp(-v)) for v in (-2.0, 0.0, 3.0)], abs=1e-6)
+
+
+def test_accepts_a_stacked_tensor_and_an_empty_batch() -> None:
+    classifier = _classifier(FixedLogits())
+    assert classifier.predict(torch.zeros(2, 3, 4, 4)) == pytest.approx([0.5, 0.5])
+    assert classifier.predict([]) == []
+
+
+def test_cpu_defaults_fp32_channels_last_eval() -> None:
+    conv = nn.Conv2d(3, 2, 1)
+    module = nn.Sequential(conv, nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+    module.train()
+    classifier = _classifier(module)
+    assert not classifier.amp and classifier.channels_last and not module.training
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_nan_logits_raise() -> None:
+    class Broken(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.full((x.shape[0], 2), math.nan)
+
+    with pytest.raises(ValueError, match="invalid scores"):
+        _classifier(Broken()).predict([torch.zeros(3, 4, 4)])

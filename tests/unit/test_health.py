@@ -1,0 +1,231 @@
+"""Liveness and readiness: the decision (fake clock), the heartbeat file, the HTTP endpoints on a free port,
+and the ``fakesake health`` sub-command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.servers import free_port
+from worker import health
+from worker.health import HealthServer, HealthState, Heartbeat, check, judge
+from worker.settings import MetricsSettings
+
+MAX_AGE = 30.0
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _fail() -> None:
+    raise ConnectionError("redis is down")
+
+
+@pytest.fixture()
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture()
+def state(clock: Clock) -> HealthState:
+    return HealthState(clock=clock)
+
+
+def test_liveness_fresh_then_stale(state: HealthState, clock: Clock) -> None:
+    assert state.evaluate("live", MAX_AGE) == (False, "no heartbeat yet")
+    state.beat()
+    clock.now += MAX_AGE - 1
+    assert state.evaluate("live", MAX_AGE)[0]
+    clock.now += 2
+    ok, detail = state.evaluate("live", MAX_AGE)
+    assert not ok and "old" in detail
+
+
+def test_readiness_needs_model_and_recent_redis(state: HealthState, clock: Clock) -> None:
+    state.beat()
+    state.record_redis(True)
+    ok, detail = state.evaluate("ready", MAX_AGE)
+    assert not ok and detail == "model not loaded yet"
+    assert state.evaluate("live", MAX_AGE)[0]  # alive while loading
+    state.mark_model_loaded("ffs-mj-5m@1.0")
+    ok, detail = state.evaluate("ready", MAX_AGE)
+    assert ok and "ffs-mj-5m@1.0" in detail
+
+
+def test_readiness_drops_when_redis_stops_answering(state: HealthState, clock: Clock) -> None:
+    state.mark_model_loaded("m@1")
+    beat = Heartbeat(state, ping=lambda: True)
+    beat.beat_once()
+    assert state.evaluate("ready", MAX_AGE)[0]
+    beat = Heartbeat(state, ping=_fail)
+    clock.now += MAX_AGE + 1
+    beat.beat_once()  # fresh heartbeat, failed ping
+    ok, detail = state.evaluate("ready", MAX_AGE)
+    assert not ok and "redis is down" in detail
+    assert state.evaluate("live", MAX_AGE)[0], "a Redis outage must not kill the pod"
+
+
+def test_never_answered_redis_is_not_ready(state: HealthState) -> None:
+    state.mark_model_loaded("m@1")
+    Heartbeat(state, ping=_fail).beat_once()
+    ok, detail = state.evaluate("ready", MAX_AGE)
+    assert not ok and "has not answered" in detail
+
+
+def test_heartbeat_file_round_trip(tmp_path: Path, state: HealthState, clock: Clock) -> None:
+    path = tmp_path / "hb"
+    assert check("live", file=path, now=clock.now) == (False, f"no heartbeat file at {path}")
+    Heartbeat(state, ping=lambda: True, path=path).beat_once()
+    assert json.loads(path.read_text())["pid"] > 0
+    assert check("live", file=path, max_age_s=MAX_AGE, now=clock.now)[0]
+    assert not check("ready", file=path, max_age_s=MAX_AGE, now=clock.now)[0]
+    state.mark_model_loaded("m@1")
+    Heartbeat(state, ping=lambda: True, path=path).beat_once()
+    assert check("ready", file=path, max_age_s=MAX_AGE, now=clock.now)[0]
+    assert not check("live", file=path, max_age_s=MAX_AGE, now=clock.now + MAX_AGE + 1)[0]
+
+
+@pytest.mark.parametrize("content", ["", "{not json", "[1, 2]"], ids=["empty", "garbage", "not-object"])
+def test_unreadable_heartbeat_file_is_unhealthy(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "hb"
+    path.write_text(content)
+    ok, detail = check("live", file=path)
+    assert not ok and "unreadable" in detail
+
+
+def test_unwritable_heartbeat_file_does_not_stop_the_heartbeat(tmp_path: Path, state: HealthState) -> None:
+    Heartbeat(state, path=tmp_path / "missing-dir" / "hb").beat_once()
+    assert state.evaluate("live", MAX_AGE)[0]
+
+
+def test_heartbeat_thread_beats_until_stopped(tmp_path: Path) -> None:
+    pinged = threading.Event()
+    state = HealthState()
+    beat = Heartbeat(state, ping=pinged.set, path=tmp_path / "hb", interval_s=0.05)
+    beat.start()
+    try:
+        assert pinged.wait(5)
+    finally:
+        beat.stop()
+    assert not beat.is_alive()
+    assert (tmp_path / "hb").exists()
+
+
+@pytest.fixture()
+def served(state: HealthState) -> Iterator[tuple[HealthState, str]]:
+    server = HealthServer(state, free_port(), host="127.0.0.1", max_age_s=MAX_AGE).start()
+    try:
+        yield state, f"http://127.0.0.1:{server.port}"
+    finally:
+        server.stop()
+
+
+def test_http_endpoints_before_and_after_model_load(served: tuple[HealthState, str]) -> None:
+    state, base = served
+    assert check("live", url=f"{base}/livez") == (False, "no heartbeat yet")
+    state.beat()
+    state.record_redis(True)
+    assert check("live", url=f"{base}/livez")[0]
+    assert check("live", url=f"{base}/healthz")[0]
+    ok, detail = check("ready", url=f"{base}/readyz")
+    assert not ok and detail == "model not loaded yet"
+    state.mark_model_loaded("m@1")
+    assert check("ready", url=f"{base}/readyz")[0]
+    assert not check("live", url=f"{base}/nope")[0]
+
+
+def test_check_reports_an_unreachable_endpoint() -> None:
+    ok, detail = check("live", url=f"http://127.0.0.1:{free_port()}/livez", timeout_s=2)
+    assert not ok and "cannot reach" in detail
+
+
+def test_check_needs_exactly_one_source(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        check("live")
+    with pytest.raises(ValueError):
+        check("live", url="http://x", file=tmp_path)
+
+
+def test_judge_is_shared_by_http_and_file() -> None:
+    snap = {"last_heartbeat": 100.0, "model_loaded": True, "model": "m@1", "redis_ok_at": 100.0}
+    assert judge(snap, "ready", 10, now=105)[0]
+    assert not judge(snap, "ready", 10, now=120)[0]
+
+
+def _health_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fakesake")
+    health.add_subcommand(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+@pytest.mark.parametrize(
+    ("argv", "kind"), [(["health"], "live"), (["health", "--live"], "live"), (["health", "--ready"], "ready")]
+)
+def test_subcommand_parses(argv: list[str], kind: str) -> None:
+    args = _health_parser().parse_args(argv)
+    assert args.kind == kind and args.run is health.run_health
+
+
+def test_subcommand_exit_codes(
+    served: tuple[HealthState, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state, base = served
+    port = base.rsplit(":", 1)[1]
+    monkeypatch.setenv("FAKESAKE_METRICS__HEALTH_PORT", port)  # default URL = 127.0.0.1:<health_port>
+    parser = _health_parser()
+    state.beat()
+    state.record_redis(True)
+    assert health.run_health(parser.parse_args(["health", "--live"])) == 0
+    assert health.run_health(parser.parse_args(["health", "--ready"])) == 1
+    assert "model not loaded yet" in capsys.readouterr().out
+    state.mark_model_loaded("m@1")
+    assert health.run_health(parser.parse_args(["health", "--ready"])) == 0
+
+
+def test_subcommand_uses_the_heartbeat_file_when_http_is_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "hb"
+    monkeypatch.setenv("FAKESAKE_METRICS__HEALTH_PORT", "0")
+    monkeypatch.setenv("FAKESAKE_METRICS__HEARTBEAT_FILE", str(path))
+    parser = _health_parser()
+    assert health.run_health(parser.parse_args(["health"])) == 1
+    Heartbeat(HealthState(), path=path).beat_once()
+    assert health.run_health(parser.parse_args(["health"])) == 0
+    assert health.run_health(parser.parse_args(["health", "--file", str(tmp_path / "other")])) == 1
+
+
+def test_start_health_runs_heartbeat_and_server(tmp_path: Path) -> None:
+    settings = MetricsSettings(
+        health_port=free_port(),
+        bind_host="127.0.0.1",
+        heartbeat_file=str(tmp_path / "hb"),
+        heartbeat_interval_s=0.05,
+    )
+    service = health.start_health(settings, ping=lambda: True)
+    try:
+        assert check("live", url=f"http://127.0.0.1:{settings.health_port}/livez")[0]
+        assert not check("ready", url=f"http://127.0.0.1:{settings.health_port}/readyz")[0]
+        service.state.mark_model_loaded("m@1")
+        deadline = time.monotonic() + 5  # the heartbeat thread's first ping may still be in flight
+        while not check("ready", url=f"http://127.0.0.1:{settings.health_port}/readyz")[0]:
+            assert time.monotonic() < deadline, "never ready"
+            time.sleep(0.02)
+    finally:
+        service.stop()
+
+
+def test_max_age_must_exceed_interval() -> None:
+    with pytest.raises(ValueError, match="heartbeat_max_age_s"):
+        MetricsSettings(heartbeat_interval_s=10, heartbeat_max_age_s=5)

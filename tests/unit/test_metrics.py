@@ -1,0 +1,154 @@
+"""Worker metrics: names, labels, private registries, the scrape-time Redis collector (with an in-memory
+fake client), and the HTTP endpoint on a free port."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import urllib.request
+from typing import Any
+
+import pytest
+from prometheus_client import generate_latest
+
+from producers.contract import ALL_QUEUES, Keys
+from tests.support.servers import free_port
+from worker.metrics import Metrics, default, lane_of, start_metrics_server
+
+
+def _value(m: Metrics, name: str, labels: dict[str, str] | None = None) -> float | None:
+    return m.registry.get_sample_value(name, labels or {})
+
+
+class FakeRedis:
+    """Just LLEN, TYPE and the size commands, through a pipeline, like redis-py."""
+
+    def __init__(
+        self, lists: dict[str, int], dlq: tuple[str, int] | None = None, broken: bool = False
+    ) -> None:
+        self.lists, self.dlq, self.broken = lists, dlq, broken
+
+    def pipeline(self, transaction: bool = True) -> FakeRedis._Pipe:
+        return FakeRedis._Pipe(self)
+
+    def zcard(self, key: str) -> int:
+        assert self.dlq is not None and key == Keys.DLQ
+        return self.dlq[1]
+
+    llen = hlen = zcard
+
+    class _Pipe:
+        def __init__(self, owner: FakeRedis) -> None:
+            self.owner, self.calls = owner, []  # type: ignore[var-annotated]
+
+        def llen(self, key: str) -> None:
+            self.calls.append(self.owner.lists.get(key, 0))
+
+        def type(self, key: str) -> None:
+            self.calls.append(self.owner.dlq[0].encode() if self.owner.dlq else b"none")
+
+        def execute(self) -> list[Any]:
+            if self.owner.broken:
+                raise ConnectionError("connection refused")
+            return self.calls
+
+
+def test_every_documented_metric_is_exported() -> None:
+    m = Metrics()
+    m.job_finished("ok", None, "interactive")
+    m.job_finished("error", "not-found", "bulk")
+    m.batch_size.observe(8)
+    m.queue_wait_seconds.labels(lane="bulk").observe(0.2)
+    for hist in (m.fetch_seconds, m.decode_seconds, m.inference_seconds):
+        hist.observe(0.01)
+    m.inflight_jobs.inc()
+    m.model_load_seconds.labels(model="ffs-mj-5m@1.0").set(3.5)
+    m.rate_limit_deferrals_total.labels(scope="tenant").inc()
+    m.webhook_deliveries_total.labels(outcome="ok").inc()
+    text = generate_latest(m.registry).decode()
+    for name in (
+        "fakesake_jobs_total",
+        "fakesake_batch_size_bucket",
+        "fakesake_queue_wait_seconds_bucket",
+        "fakesake_fetch_seconds_bucket",
+        "fakesake_decode_seconds_bucket",
+        "fakesake_inference_seconds_bucket",
+        "fakesake_inflight_jobs",
+        "fakesake_model_load_seconds",
+        "fakesake_rate_limit_deferrals_total",
+        "fakesake_webhook_deliveries_total",
+    ):
+        assert f"\n{name}" in text, name
+    assert _value(m, "fakesake_jobs_total", {"status": "ok", "code": "none", "lane": "interactive"}) == 1
+    assert _value(m, "fakesake_jobs_total", {"status": "error", "code": "not-found", "lane": "bulk"}) == 1
+    assert _value(m, "fakesake_model_load_seconds", {"model": "ffs-mj-5m@1.0"}) == 3.5
+    assert _value(m, "fakesake_batch_size_count") == 1
+
+
+def test_registries_are_private_so_instances_never_collide() -> None:
+    a, b = Metrics(), Metrics()
+    a.inflight_jobs.inc()
+    assert _value(a, "fakesake_inflight_jobs") == 1
+    assert _value(b, "fakesake_inflight_jobs") == 0
+    assert default() is default()
+
+
+@pytest.mark.parametrize(
+    ("dlq", "expected_dlq"),
+    [(("zset", 4), 4), (("list", 2), 2), (("hash", 7), 7), (None, 0)],
+    ids=["zset", "list", "hash", "absent"],
+)
+def test_queue_depth_and_dlq_size_are_read_at_scrape_time(
+    dlq: tuple[str, int] | None, expected_dlq: int
+) -> None:
+    m = Metrics()
+    fake = FakeRedis({ALL_QUEUES[0]: 3, ALL_QUEUES[1]: 12}, dlq)
+    m.watch_redis(fake)
+    assert _value(m, "fakesake_queue_depth", {"lane": "interactive"}) == 3
+    assert _value(m, "fakesake_queue_depth", {"lane": "bulk"}) == 12
+    assert _value(m, "fakesake_dlq_size") == expected_dlq
+    assert _value(m, "fakesake_redis_up") == 1
+    fake.lists[ALL_QUEUES[1]] = 40  # no caching: the next scrape sees the new length
+    assert _value(m, "fakesake_queue_depth", {"lane": "bulk"}) == 40
+
+
+def test_redis_failure_reports_down_instead_of_failing_the_scrape() -> None:
+    m = Metrics()
+    m.watch_redis(FakeRedis({}, broken=True))
+    text = generate_latest(m.registry).decode()
+    assert "fakesake_redis_up 0.0" in text
+    assert _value(m, "fakesake_queue_depth", {"lane": "bulk"}) is None
+
+
+def test_watch_redis_registers_once() -> None:
+    m = Metrics()
+    first = m.watch_redis(FakeRedis({}))
+    assert m.watch_redis(FakeRedis({})) is first
+
+
+def test_lane_label_is_the_queue_suffix() -> None:
+    assert [lane_of(q) for q in ALL_QUEUES] == ["interactive", "bulk"]
+
+
+def test_metrics_server_serves_the_registry_and_port_zero_disables_it() -> None:
+    assert start_metrics_server(0, Metrics()) is None
+    m = Metrics()
+    m.job_finished("ok", None, "bulk")
+    port = free_port()
+    server = start_metrics_server(port, m, host="127.0.0.1")
+    assert server is not None
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            body = resp.read().decode()
+        assert 'fakesake_jobs_total{code="none",lane="bulk",status="ok"} 1.0' in body
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_metrics_health_and_settings_doc_do_not_import_torch() -> None:
+    code = (
+        "import sys, worker.metrics, worker.health, worker.settings_doc; "
+        "sys.exit(1 if 'torch' in sys.modules else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False, timeout=60).returncode == 0

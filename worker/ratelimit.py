@@ -1,0 +1,54 @@
+"""Global rate limits shared by every worker: GCRA (a token bucket in one number) in an atomic Lua script.
+
+Why GCRA: the whole bucket is one "theoretical arrival time" per key, so a check is one GET and at most one
+SET, and the key expires by itself once the bucket is full again. Time comes from ``redis.call('TIME')``,
+so workers with skewed clocks share one timeline (Redis >= 5 replicates script effects, not the script,
+so reading TIME in a script is safe). Celery's own ``rate_limit`` is per worker and cannot do this.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from producers.contract import Keys
+
+# KEYS[1] = bucket. ARGV = emission interval (s per job), burst. Returns seconds to wait ("0" = allowed now).
+# Numbers go in and out as strings: Lua converts a returned number to an integer reply (0.3 -> 0).
+_GCRA_LUA = """
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local new_tat = tat + interval
+local allow_at = new_tat - burst * interval
+if allow_at > now then
+  return string.format('%.6f', allow_at - now)
+end
+redis.call('SET', KEYS[1], string.format('%.6f', new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1)
+return '0'
+"""
+
+
+class RedisRateLimiter:
+    """Implements ``worker.protocols.RateLimiter``: ``acquire`` takes one token or says how long to wait.
+
+    It never sleeps: a worker that is told to wait defers the job (Celery countdown) and frees its slot.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self._gcra = client.register_script(_GCRA_LUA)
+
+    def acquire(self, scope: str, name: str, rate_per_s: float, burst: int) -> float:
+        """0.0 if one job of ``scope``/``name`` may go now (and it is counted), else seconds to wait.
+
+        ``rate_per_s <= 0`` means unlimited. ``burst`` (>= 1) jobs may go at once after a quiet period.
+        """
+        if rate_per_s <= 0:
+            return 0.0
+        if burst < 1:
+            raise ValueError(f"burst must be >= 1, got {burst}")
+        wait = self._gcra(keys=[Keys.rate(scope, name)], args=[f"{1.0 / rate_per_s:.9f}", burst])
+        return float(wait)
