@@ -80,10 +80,12 @@ def runtime() -> Any:
     return _runtime
 
 
-@signals.worker_ready.connect
-def _load_on_ready(**_: Any) -> None:
-    # threads/solo pools: load the model in this process before the first job, so readiness means loaded.
-    if app.conf.get("worker_pool", "threads") != "prefork":
+@signals.worker_init.connect
+def _load_at_start(sender: Any = None, **_: Any) -> None:
+    # threads/solo pools run jobs in this process: load the model before consuming, so readiness means
+    # loaded and a bad model fails the start. A prefork parent must not touch CUDA: children load lazily.
+    pool = getattr(sender, "pool_cls", "")
+    if "prefork" not in str(pool).lower():
         runtime()
 
 

@@ -1,0 +1,256 @@
+"""The batched detection engine: sources -> fetch -> decode -> preprocess -> batched predict -> outcomes.
+
+Knows nothing of Celery, Redis or HTTP: bytes come through a :class:`~worker.protocols.Fetcher` and
+scores through a :class:`~worker.protocols.Classifier`. ``classify`` prepares inputs on a small thread
+pool (Pillow and torch release the GIL) while the calling thread runs the model on the previous chunk,
+and yields exactly one :class:`Outcome` per input, in input order. Errors are isolated per item; a
+failing batch prediction turns that batch (only) into ``internal`` outcomes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Generator, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from producers.contract import Band, ErrorInfo, Label, Status, Timings
+from producers.errors import ConfigError, FakesakeError, as_fakesake_error
+from worker.imaging import DecodePolicy, decode
+from worker.models.registry import DetectorSpec, Thresholds
+from worker.preprocess import to_tensor
+from worker.protocols import Classifier, Fetcher
+from worker.verdict import verdict
+
+if TYPE_CHECKING:
+    from worker.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000.0
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A model input ready for batching, and what it cost to make it."""
+
+    tensor: torch.Tensor
+    fetch_ms: float
+    decode_ms: float  # decode + preprocess
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result for one input: a verdict, or an error with a stable code."""
+
+    source: str
+    status: Status
+    model: str
+    score: float | None = None
+    label: Label | None = None
+    band: Band | None = None
+    error: ErrorInfo | None = None
+    timings: Timings = field(default_factory=Timings)
+
+    @property
+    def ok(self) -> bool:
+        return self.status is Status.OK
+
+    def to_record(self) -> dict[str, Any]:
+        """A JSON-able dict with the fields of a scan record (issue 2)."""
+        return {
+            "source": self.source,
+            "status": self.status.value,
+            "score": self.score,
+            "label": self.label.value if self.label else None,
+            "band": self.band.value if self.band else None,
+            "model": self.model,
+            "error": {"code": self.error.code, "message": self.error.message} if self.error else None,
+            "timings": self.timings.model_dump(exclude_none=True),
+        }
+
+
+@dataclass
+class _Item:
+    source: str
+    submitted: float
+    prepared: Prepared | None = None
+    error: FakesakeError | None = None
+    spent: dict[str, float] = field(default_factory=dict)  # stage timings, kept when a later stage fails
+
+
+class Engine:
+    """Classify sources in batches with per-item error isolation."""
+
+    def __init__(
+        self,
+        spec: DetectorSpec,
+        classifier: Classifier,
+        fetcher: Fetcher,
+        decode_policy: DecodePolicy,
+        *,
+        batch_size: int = 16,
+        prepare_threads: int = 2,
+        thresholds: Thresholds | None = None,
+    ) -> None:
+        if batch_size < 1 or prepare_threads < 1:
+            raise ValueError("batch_size and prepare_threads must be >= 1")
+        self.spec = spec
+        self.classifier = classifier
+        self.fetcher = fetcher
+        self.decode_policy = decode_policy
+        self.batch_size = batch_size
+        self.prepare_threads = prepare_threads
+        self.thresholds = thresholds or spec.thresholds
+
+    @classmethod
+    def from_settings(
+        cls, settings: WorkerSettings, fetcher: Fetcher, *, s3_client_factory: Callable[[], Any] | None = None
+    ) -> Engine:
+        """Load the configured detector and build an engine around ``fetcher`` (ConfigError if unusable)."""
+        from worker.classifier import TorchClassifier
+        from worker.fetch.s3 import make_s3_client
+        from worker.models import registry
+        from worker.models.loader import load_detector
+
+        model = settings.model
+        spec = registry.get(model.name)
+        try:
+            thresholds = Thresholds(
+                human_max=spec.thresholds.human_max if model.human_max is None else model.human_max,
+                ai_min=spec.thresholds.ai_min if model.ai_min is None else model.ai_min,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"model thresholds: {exc}") from None
+        if model.threads:
+            torch.set_num_threads(model.threads)
+        detector = load_detector(
+            spec,
+            model.weights,
+            revision=model.revision,
+            device=model.device,
+            s3_client_factory=s3_client_factory or partial(make_s3_client, settings.s3),
+        )
+        policy = DecodePolicy(
+            max_pixels=settings.fetch.max_pixels,
+            max_bytes=settings.fetch.max_bytes,
+            mode=model.preprocess,
+            target_px=spec.preprocessing.size_px,
+        )
+        return cls(
+            spec,
+            TorchClassifier(detector),
+            fetcher,
+            policy,
+            batch_size=settings.batch.max_size,
+            prepare_threads=settings.batch.prepare_threads,
+            thresholds=thresholds,
+        )
+
+    @property
+    def device(self) -> str:
+        """Where the model runs (``cpu``, ``cuda:0``...), for logs."""
+        return str(getattr(self.classifier, "device", "unknown"))
+
+    def close(self) -> None:
+        """Release resources. Prepare threads live only inside ``classify``, so there is nothing to stop;
+        kept so callers can treat engines as closeable whatever they hold in future."""
+
+    # --- one input ------------------------------------------------------------------------------------
+
+    def prepare(self, source: str, version: str | None = None) -> Prepared:
+        """Fetch, decode and preprocess one source; raises FakesakeError with a code."""
+        return self._prepare(source, version, {})
+
+    def _prepare(self, source: str, version: str | None, spent: dict[str, float]) -> Prepared:
+        start = time.perf_counter()
+        fetched = self.fetcher.fetch(source, version=version)
+        spent["fetch_ms"] = _ms(start)
+        start = time.perf_counter()
+        tensor = to_tensor(decode(fetched.data, self.decode_policy), self.spec.preprocessing)
+        spent["decode_ms"] = _ms(start)
+        return Prepared(tensor=tensor, fetch_ms=spent["fetch_ms"], decode_ms=spent["decode_ms"])
+
+    def _prepare_item(self, item: _Item) -> _Item:
+        try:
+            item.prepared = self._prepare(item.source, None, item.spent)
+        except FakesakeError as exc:
+            item.error = exc
+        except Exception as exc:
+            log.exception("internal error preparing source=%s", item.source)
+            item.error = as_fakesake_error(exc)
+        return item
+
+    # --- many inputs ----------------------------------------------------------------------------------
+
+    def classify(self, sources: Iterable[str]) -> Generator[Outcome, None, None]:
+        """One outcome per source, in order. Prepares up to two batches ahead of the model."""
+        it = iter(sources)
+        window = 2 * self.batch_size
+        pool = ThreadPoolExecutor(self.prepare_threads, thread_name_prefix="fakesake-prepare")
+        pending: deque[Future[_Item]] = deque()
+
+        def refill() -> None:
+            while len(pending) < window:
+                source = next(it, None)
+                if source is None:
+                    return
+                pending.append(pool.submit(self._prepare_item, _Item(source, time.perf_counter())))
+
+        try:
+            refill()
+            while pending:
+                futures = [pending.popleft() for _ in range(min(self.batch_size, len(pending)))]
+                refill()  # keep the pool busy on the next batch while this one runs through the model
+                items = [f.result() for f in futures]
+                outcomes = self._predict(items)
+                # The contract callers rely on: exactly one outcome per input, in input order.
+                assert [o.source for o in outcomes] == [i.source for i in items], "one outcome per input"
+                yield from outcomes
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _predict(self, items: list[_Item]) -> list[Outcome]:
+        ready = [i for i in items if i.prepared is not None]
+        scores: dict[int, float] = {}
+        batch_error: FakesakeError | None = None
+        inference_ms: float | None = None
+        if ready:
+            start = time.perf_counter()
+            try:
+                values = self.classifier.predict([i.prepared.tensor for i in ready if i.prepared is not None])
+                if len(values) != len(ready) or not all(math.isfinite(v) and 0 <= v <= 1 for v in values):
+                    raise ValueError(f"classifier returned {len(values)} scores for {len(ready)} inputs")
+                scores = {id(i): float(v) for i, v in zip(ready, values, strict=True)}
+            except Exception as exc:
+                log.exception("internal error predicting a batch of %d (first source=%s)", len(ready), ready[0].source)
+                batch_error = as_fakesake_error(exc)
+            inference_ms = _ms(start)
+        return [self._outcome(i, scores.get(id(i)), batch_error, inference_ms) for i in items]
+
+    def _outcome(
+        self, item: _Item, score: float | None, batch_error: FakesakeError | None, inference_ms: float | None
+    ) -> Outcome:
+        prepared = item.prepared
+        timings = Timings(
+            fetch_ms=item.spent.get("fetch_ms"),
+            decode_ms=item.spent.get("decode_ms"),
+            inference_ms=inference_ms if prepared else None,
+            total_ms=_ms(item.submitted),
+        )
+        error = item.error or (batch_error if score is None else None)
+        if error is not None or score is None:
+            err = error or as_fakesake_error(RuntimeError("no score"))
+            info = ErrorInfo(code=err.code.value, message=err.message, retryable=err.retryable)
+            return Outcome(item.source, Status.ERROR, self.spec.ref, error=info, timings=timings)
+        v = verdict(score, self.spec, self.thresholds)
+        return Outcome(item.source, Status.OK, v.model, v.score, v.label, v.band, timings=timings)
