@@ -18,7 +18,7 @@ from typing import Any
 
 from celery import Celery, Task, signals
 from celery.exceptions import Reject
-from kombu import Queue
+from kombu.entity import Queue
 from pydantic import ValidationError
 
 from producers.connections import broker_url, celery_ssl_options

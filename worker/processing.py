@@ -38,7 +38,7 @@ class RetryPolicy:
     def backoff_s(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
         """Exponential backoff with 'equal jitter': half fixed, half random, capped."""
         ceiling = min(self.backoff_max_s, self.backoff_base_s * 2 ** max(0, attempt - 1))
-        return ceiling / 2 + ceiling / 2 * rng()
+        return float(ceiling / 2 + ceiling / 2 * rng())
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ class JobCounters(Protocol):
 
 
 class DeadLetterSink(Protocol):
-    def add(self, job: JobMessage, error: ErrorInfo, *, attempts: int, deliveries: int) -> None: ...
+    def add(self, job: JobMessage, error: ErrorInfo, *, attempts: int, deliveries: int) -> object: ...
 
 
 class Preparer(Protocol):
@@ -121,9 +121,8 @@ class JobProcessor:
             )
             return self._fail(job, err, started, deliveries=open_deliveries)
 
-        decision = self._limit(job)
-        if decision is None:
-            decision = self._run(job, started, open_deliveries)
+        deferred = self._limit(job)
+        decision = deferred if deferred is not None else self._run(job, started, open_deliveries)
         self.counters.end_delivery(job.job_id)
         return decision
 
@@ -145,9 +144,9 @@ class JobProcessor:
     def _run(self, job: JobMessage, started: float, deliveries: int) -> Decision:
         attempt = self.counters.next_attempt(job.job_id)
         if job.model != self.spec.name:
-            err = PermanentError(ErrorCode.UNKNOWN_MODEL,
-                                 f"this worker serves {self.spec.ref}; job asks for {job.model!r}")
-            return self._fail(job, err, started, attempts=attempt, deliveries=deliveries)
+            wrong_model = PermanentError(ErrorCode.UNKNOWN_MODEL,
+                                         f"this worker serves {self.spec.ref}; job asks for {job.model!r}")
+            return self._fail(job, wrong_model, started, attempts=attempt, deliveries=deliveries)
         try:
             prepared = self.preparer.prepare(job.source, job.source_version)
             t_infer = self.clock()
