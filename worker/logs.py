@@ -74,8 +74,10 @@ def setup_logging(level: str | None = None, json_format: bool | None = None) -> 
     root.addHandler(handler)
     root.setLevel(level.upper())
     # Third-party chatter that would drown job lines at INFO.
-    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "PIL", "huggingface_hub"):
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "PIL"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # The hub client logs every retry of an unreachable hub; the loader reports the outcome in one line.
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
 
 
 def context_filter() -> logging.Filter:

@@ -179,7 +179,10 @@ def _offline() -> bool:
 
 def _from_hub(spec: DetectorSpec, repo: str, revision: str | None, cache_dir: Path | None) -> Path:
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import logging as hub_logging
 
+    # The hub client logs each retry of an unreachable hub as a warning; the ConfigError below says it once.
+    hub_logging.set_verbosity_error()
     offline = _offline()
     try:
         return Path(
