@@ -18,22 +18,21 @@ class RedisJobCounters:
     def __init__(self, client: redis.Redis) -> None:
         self._r = client
 
-    def begin_delivery(self, job_id: str) -> int:
+    def _incr(self, key: str) -> int:
         pipe = self._r.pipeline()
-        pipe.incr(Keys.deliveries(job_id))
-        pipe.expire(Keys.deliveries(job_id), _TTL_S)
+        pipe.incr(key)
+        pipe.expire(key, _TTL_S)
         count, _ = pipe.execute()
         return int(count)
+
+    def begin_delivery(self, job_id: str) -> int:
+        return self._incr(Keys.deliveries(job_id))
 
     def end_delivery(self, job_id: str) -> None:
         self._r.delete(Keys.deliveries(job_id))
 
     def next_attempt(self, job_id: str) -> int:
-        pipe = self._r.pipeline()
-        pipe.incr(Keys.attempts(job_id))
-        pipe.expire(Keys.attempts(job_id), _TTL_S)
-        count, _ = pipe.execute()
-        return int(count)
+        return self._incr(Keys.attempts(job_id))
 
     def attempts(self, job_id: str) -> int:
         value = self._r.get(Keys.attempts(job_id))

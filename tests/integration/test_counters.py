@@ -1,0 +1,24 @@
+"""Delivery and attempt counters survive in Redis across 'processes' (clients)."""
+
+from __future__ import annotations
+
+import redis
+
+from producers.contract import Keys
+from worker.counters import RedisJobCounters
+
+
+def test_open_deliveries_accumulate_until_a_delivery_completes(redis_url: str) -> None:
+    first, second = RedisJobCounters(redis.Redis.from_url(redis_url)), RedisJobCounters(redis.Redis.from_url(redis_url))
+    assert first.begin_delivery("job1") == 1
+    assert second.begin_delivery("job1") == 2  # the first worker died without completing
+    second.end_delivery("job1")
+    assert first.begin_delivery("job1") == 1
+    assert 0 < redis.Redis.from_url(redis_url).ttl(Keys.deliveries("job1")) <= 7 * 24 * 3600
+
+
+def test_attempts_count_up_per_job(redis_url: str) -> None:
+    counters = RedisJobCounters(redis.Redis.from_url(redis_url))
+    assert counters.attempts("a") == 0
+    assert [counters.next_attempt("a") for _ in range(3)] == [1, 2, 3]
+    assert counters.next_attempt("b") == 1 and counters.attempts("a") == 3
