@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from producers.connections import broker_url, celery_ssl_options
 from producers.contract import ALL_QUEUES, TASK_NAME, WEBHOOK_TASK_NAME, JobMessage, JobResult
-from producers.errors import FakesakeError
+from producers.errors import ErrorCode, FakesakeError
 from worker.logs import job_context
 from worker.processing import Finished
 from worker.settings import WorkerSettings
@@ -95,8 +95,30 @@ def _close(**_: Any) -> None:
         _runtime.close()
 
 
+@signals.task_rejected.connect
+def _dead_letter_refused(message: Any = None, exc: BaseException | None = None, **_: Any) -> None:
+    # Celery logs and drops a message it will not decode (pickle or any content type outside accept_content,
+    # a malformed envelope). Keep a dead letter too, so the job shows in `fakesake dlq list` instead of
+    # vanishing. Only the envelope's headers are recorded: the body is never decoded.
+    headers = getattr(message, "headers", None) or {}
+    record = {
+        "job_id": headers.get("id"),
+        "task": headers.get("task"),
+        "content_type": getattr(message, "content_type", None),
+    }
+    reason = f"message refused by the worker: {type(exc).__name__ if exc else 'unknown message format'}: {exc}"
+    try:
+        from producers.connections import redis_from_settings
+        from worker.dlq import DeadLetters
+
+        client = _runtime.redis if _runtime is not None else redis_from_settings(WorkerSettings().redis)
+        DeadLetters(client).add_raw(record, code=ErrorCode.INVALID_JOB.value, message=reason[:2000])
+    except Exception:  # the consumer thread must go on; Celery has already logged the message
+        log.exception("cannot dead-letter refused message %s", record)
+
+
 @app.task(name=TASK_NAME, bind=True, max_retries=None, acks_late=True)
-def classify(self: Task, payload: dict[str, Any]) -> str:
+def classify(self: Task, payload: dict[str, Any], rate_reserved: list[str] | None = None) -> str:
     """Classify one image reference; the verdict goes to the result store, not the Celery backend."""
     try:
         job = JobMessage.model_validate(payload)
@@ -106,18 +128,22 @@ def classify(self: Task, payload: dict[str, Any]) -> str:
     rt = runtime()
     with job_context(job.job_id, job.tenant):
         try:
-            decision = rt.process(job, lane=self.request.delivery_info.get("routing_key"))
+            decision = rt.process(job, lane=self.request.delivery_info.get("routing_key"),
+                                  reserved=frozenset(rate_reserved or ()))
         except FakesakeError as exc:  # result store or counters unavailable: do not ack without a result
             log.warning("cannot finish job now (%s); returning it to the queue", exc.code)
             raise Reject(str(exc), requeue=True) from exc
         if isinstance(decision, Finished):
-            if decision.result.ok and job.callback_url and not decision.duplicate:
+            # Error results too: a caller waiting on its callback must hear that the job failed.
+            if job.callback_url and not decision.duplicate:
                 deliver_webhook.apply_async(
                     args=[decision.result.model_dump(mode="json"), job.callback_url],
                     queue=self.request.delivery_info.get("routing_key") or ALL_QUEUES[0],
                 )
             return decision.result.status.value
-        raise self.retry(countdown=decision.countdown_s, exc=decision.error, max_retries=None)
+        # A held rate-limit slot travels with the retried message so the job does not queue for it twice.
+        raise self.retry(countdown=decision.countdown_s, exc=decision.error, max_retries=None,
+                         kwargs={"rate_reserved": sorted(decision.reserved)})
 
 
 @app.task(name=WEBHOOK_TASK_NAME, bind=True, max_retries=None, acks_late=True)

@@ -8,10 +8,12 @@ re-driven; a job whose earlier deliveries died mid-processing (a poison message)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -47,6 +49,7 @@ class RateLimitPolicy:
     tenant_burst: int = 50
     host_per_s: float = 0.0
     host_burst: int = 20
+    max_defer_s: float = 30.0  # longest single deferral; a later slot is asked for again, not reserved
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ class RetryLater:
     error: FakesakeError
     deferral: bool = False  # a rate-limit deferral is not a failed attempt
     scope: str | None = None  # which limit deferred it (tenant|host)
+    reserved: frozenset[str] = frozenset()  # limits whose slot this job now holds: skip them next time
 
 
 Decision = Finished | RetryLater
@@ -75,9 +79,55 @@ class JobCounters(Protocol):
 
     def end_delivery(self, job_id: str) -> None: ...
 
+    def open_deliveries(self, job_id: str) -> int:
+        """Deliveries begun and not completed (those whose worker died), without counting a new one."""
+        ...
+
     def next_attempt(self, job_id: str) -> int: ...
 
     def attempts(self, job_id: str) -> int: ...
+
+
+class IsolationGate:
+    """A shared/exclusive lock over one worker process's jobs, preferring the exclusive side.
+
+    Ordinary deliveries hold it shared; a delivery that must not share its process (a suspected poison
+    job's last chance) waits for the running jobs to finish, keeps new ones out, and runs alone.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+        self._waiting = 0
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._exclusive and not self._waiting)
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._shared -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting += 1
+            try:
+                self._cond.wait_for(lambda: not self._exclusive and self._shared == 0)
+            finally:
+                self._waiting -= 1
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
 
 
 class DeadLetterSink(Protocol):
@@ -104,8 +154,10 @@ class JobProcessor:
     thresholds: Thresholds | None = None
     inference_timeout_s: float = 300.0
     clock: Callable[[], float] = time.monotonic
+    isolation: IsolationGate = field(default_factory=lambda: IsolationGate())
 
-    def process(self, job: JobMessage) -> Decision:
+    def process(self, job: JobMessage, reserved: frozenset[str] = frozenset()) -> Decision:
+        """Decide one delivery of ``job``; ``reserved`` names the rate limits whose slot it already holds."""
         started = self.clock()
         existing = self.store.get(job.tenant, job.job_id)
         if existing is not None:
@@ -113,6 +165,15 @@ class JobProcessor:
             self.counters.end_delivery(job.job_id)
             return Finished(existing, duplicate=True)
 
+        # A job whose earlier deliveries died is retried in its own process alongside other jobs; on its
+        # last delivery before it would be dead-lettered it runs alone, so a poison job can no longer take
+        # an innocent batch-mate down with it every time (which would dead-letter both).
+        prior = self.counters.open_deliveries(job.job_id)
+        last_chance = 0 < prior == self.retry.max_deliveries - 1
+        with self.isolation.exclusive() if last_chance else self.isolation.shared():
+            return self._deliver(job, started, reserved)
+
+    def _deliver(self, job: JobMessage, started: float, reserved: frozenset[str]) -> Decision:
         open_deliveries = self.counters.begin_delivery(job.job_id)
         if open_deliveries > self.retry.max_deliveries:
             err = PermanentError(
@@ -121,12 +182,24 @@ class JobProcessor:
             )
             return self._fail(job, err, started, deliveries=open_deliveries)
 
-        deferred = self._limit(job)
-        decision = deferred if deferred is not None else self._run(job, started, open_deliveries)
+        try:
+            deferred = self._limit(job, reserved)
+            decision = deferred if deferred is not None else self._run(job, started, open_deliveries)
+        except BaseException:
+            # An error that reaches us (e.g. the result store is down) is not a dead worker: close this
+            # delivery, or a few store outages in a row would finish a healthy job as poison.
+            self._end_delivery_quietly(job.job_id)
+            raise
         self.counters.end_delivery(job.job_id)
         return decision
 
-    def _limit(self, job: JobMessage) -> RetryLater | None:
+    def _end_delivery_quietly(self, job_id: str) -> None:
+        try:
+            self.counters.end_delivery(job_id)
+        except Exception:  # the counters share the store's Redis; the original error is the one to report
+            log.warning("could not close the delivery count of job %s", job_id, exc_info=True)
+
+    def _limit(self, job: JobMessage, reserved: frozenset[str]) -> RetryLater | None:
         if self.limiter is None:
             return None
         checks = []
@@ -135,10 +208,14 @@ class JobProcessor:
         if self.rate.host_per_s > 0:
             checks.append(("host", source_host(job.source), self.rate.host_per_s, self.rate.host_burst))
         for scope, name, rate, burst in checks:
-            wait_s = self.limiter.acquire(scope, name, rate, burst)
+            if scope in reserved:
+                continue
+            wait_s, held = self.limiter.reserve(scope, name, rate, burst, self.rate.max_defer_s)
             if wait_s > 0:
                 err = TransientError(ErrorCode.RATE_LIMITED, f"{scope} rate limit reached", retry_after_s=wait_s)
-                return RetryLater(wait_s, err, deferral=True, scope=scope)
+                countdown = wait_s if held else self.rate.max_defer_s
+                return RetryLater(countdown, err, deferral=True, scope=scope,
+                                  reserved=(reserved | {scope}) if held else reserved)
         return None
 
     def _run(self, job: JobMessage, started: float, deliveries: int) -> Decision:
@@ -165,12 +242,13 @@ class JobProcessor:
             return self._fail(job, err, started, attempts=attempt, deliveries=deliveries)
 
         v = verdict(score, self.spec, self.thresholds)
+        total_ms = (self.clock() - started) * 1000
         timings = Timings(
-            queued_ms=_queued_ms(job),
+            queued_ms=_queued_ms(job, total_ms),
             fetch_ms=prepared.fetch_ms,
             decode_ms=prepared.decode_ms,
             inference_ms=inference_ms,
-            total_ms=(self.clock() - started) * 1000,
+            total_ms=total_ms,
         )
         result = JobResult(
             job_id=job.job_id, tenant=job.tenant, source=redact(job.source), status=Status.OK,
@@ -179,14 +257,19 @@ class JobProcessor:
         )
         return Finished(self.store.put_final(result))
 
+    def fail_internal(self, job: JobMessage, exc: BaseException) -> Finished:
+        """Finish ``job`` as ``internal`` after an unexpected error outside the per-image path."""
+        return self._fail(job, as_fakesake_error(exc), self.clock())
+
     def _fail(self, job: JobMessage, err: FakesakeError, started: float, *, attempts: int | None = None,
               deliveries: int = 1) -> Finished:
         attempts = attempts if attempts is not None else self.counters.attempts(job.job_id)
+        total_ms = (self.clock() - started) * 1000
         info = ErrorInfo(code=err.code.value, message=err.message, retryable=err.retryable)
         result = JobResult(
             job_id=job.job_id, tenant=job.tenant, source=redact(job.source), status=Status.ERROR,
             model=self.spec.ref, error=info, attempts=max(attempts, 1),
-            timings=Timings(queued_ms=_queued_ms(job), total_ms=(self.clock() - started) * 1000),
+            timings=Timings(queued_ms=_queued_ms(job, total_ms), total_ms=total_ms),
         )
         stored = self.store.put_final(result)
         # The DLQ record is written after the result: if we die in between, redelivery sees the stored
@@ -196,8 +279,9 @@ class JobProcessor:
         return Finished(stored)
 
 
-def _queued_ms(job: JobMessage) -> float:
-    return max(0.0, (datetime.now(UTC) - job.submitted_at).total_seconds() * 1000)
+def _queued_ms(job: JobMessage, spent_ms: float) -> float:
+    """Submission until this (final) delivery began: the job's age now, less what the delivery spent."""
+    return max(0.0, (datetime.now(UTC) - job.submitted_at).total_seconds() * 1000 - spent_ms)
 
 
 def source_host(source: str) -> str:

@@ -43,8 +43,9 @@ class ResultStore(Protocol):
 
 
 class RateLimiter(Protocol):
-    def acquire(self, scope: str, name: str, rate_per_s: float, burst: int) -> float:
-        """0 when allowed now, else seconds to wait before asking again."""
+    def reserve(self, scope: str, name: str, rate_per_s: float, burst: int, max_wait_s: float) -> tuple[float, bool]:
+        """Take the next slot if it is at most ``max_wait_s`` away: ``(wait_s, True)`` (0 = now), else
+        ``(wait_s, False)`` with nothing taken."""
         ...
 
 

@@ -12,22 +12,27 @@ from typing import Any
 
 from producers.contract import Keys
 
-# KEYS[1] = bucket. ARGV = emission interval (s per job), burst. Returns seconds to wait ("0" = allowed now).
-# Numbers go in and out as strings: Lua converts a returned number to an integer reply (0.3 -> 0).
+# KEYS[1] = bucket. ARGV = emission interval (s per job), burst, max_wait (s). Returns "r<wait>" when a slot
+# is taken (now if wait is 0, else reserved ahead: the job must come back after <wait> and go without asking
+# again) or "w<wait>" when the next free slot is further than max_wait away (nothing taken).
+# Reserving keeps deferred jobs from re-asking every few milliseconds (a retry storm): each one is handed its
+# own future slot. Numbers go in and out as strings: Lua would turn 0.3 into the integer 0.
 _GCRA_LUA = """
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
+local max_wait = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
 local new_tat = tat + interval
-local allow_at = new_tat - burst * interval
-if allow_at > now then
-  return string.format('%.6f', allow_at - now)
+local wait = new_tat - burst * interval - now
+if wait < 0 then wait = 0 end
+if wait > max_wait then
+  return 'w' .. string.format('%.6f', wait)
 end
 redis.call('SET', KEYS[1], string.format('%.6f', new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1)
-return '0'
+return 'r' .. string.format('%.6f', wait)
 """
 
 
@@ -46,9 +51,19 @@ class RedisRateLimiter:
 
         ``rate_per_s <= 0`` means unlimited. ``burst`` (>= 1) jobs may go at once after a quiet period.
         """
+        wait, _ = self.reserve(scope, name, rate_per_s, burst, max_wait_s=0.0)
+        return wait
+
+    def reserve(self, scope: str, name: str, rate_per_s: float, burst: int, max_wait_s: float) -> tuple[float, bool]:
+        """Take the next slot if it is at most ``max_wait_s`` away: ``(wait, True)``; else ``(wait, False)``.
+
+        ``(0.0, True)``: go now. ``(w, True)``: a slot ``w`` seconds ahead is held for this job, which must
+        start then without asking again. ``(w, False)``: nothing taken; ask again later.
+        """
         if rate_per_s <= 0:
-            return 0.0
+            return 0.0, True
         if burst < 1:
             raise ValueError(f"burst must be >= 1, got {burst}")
-        wait = self._gcra(keys=[Keys.rate(scope, name)], args=[f"{1.0 / rate_per_s:.9f}", burst])
-        return float(wait)
+        reply = self._gcra(keys=[Keys.rate(scope, name)], args=[f"{1.0 / rate_per_s:.9f}", burst, f"{max_wait_s:.6f}"])
+        text = reply.decode() if isinstance(reply, bytes) else str(reply)
+        return float(text[1:]), text[0] == "r"

@@ -61,7 +61,12 @@ class WorkerRuntime:
         client = redis_from_settings(settings.redis)
         telemetry = Telemetry.start(settings, client)
         t0 = time.monotonic()
-        s3_client = make_s3_client(settings.s3)
+        # the fetch deadlines apply to S3 sources as to URLs (router.build_fetcher does the same)
+        s3_client = make_s3_client(
+            settings.s3,
+            connect_timeout_s=settings.fetch.connect_timeout_s,
+            read_timeout_s=settings.fetch.read_timeout_s,
+        )
         fetcher = build_fetcher(settings, s3_client=s3_client)
         engine = Engine.from_settings(settings, fetcher)
         telemetry.model_loaded(engine.spec.ref, time.monotonic() - t0)
@@ -87,17 +92,20 @@ class WorkerRuntime:
                  policy.max_size, settings.batch.max_wait_ms)
         return cls(settings, engine, loop, processor, client, dead_letters, telemetry)
 
-    def process(self, job: JobMessage, lane: str | None = None) -> Decision:
+    def process(self, job: JobMessage, lane: str | None = None, reserved: frozenset[str] = frozenset()) -> Decision:
         """Run one job; store errors surface as TransientError(UNAVAILABLE) for the adapter to requeue."""
         with self.telemetry.job(lane):
             try:
-                decision = self.processor.process(job)
+                decision = self.processor.process(job, reserved)
             except FakesakeError:
                 raise
-            except Exception as exc:  # Redis down while reading/writing counters or results
-                if _is_redis_error(exc):
+            except Exception as exc:
+                if _is_redis_error(exc):  # Redis down while reading/writing counters or results
                     raise TransientError(ErrorCode.UNAVAILABLE, f"result store unavailable: {exc}") from exc
-                raise
+                # A bug outside the per-image path: answer the job as `internal` rather than let Celery
+                # ack a failed task with no result anywhere.
+                log.exception("unexpected error while processing; finishing the job as internal")
+                decision = self.processor.fail_internal(job, exc)
             self.telemetry.decision(decision, lane)
             return decision
 

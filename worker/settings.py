@@ -26,7 +26,13 @@ class ModelSettings(BaseModel):
         default="exact", description="exact = identical to the reference pipeline; fast = JPEG draft decoding")
     human_max: float | None = Field(default=None, ge=0, le=1, description="Override: score below -> band human")
     ai_min: float | None = Field(default=None, ge=0, le=1, description="Override: score at/above -> band ai")
-    threads: int = Field(default=0, ge=0, description="torch intra-op threads on CPU; 0 = torch default")
+    threads: int = Field(
+        default=0, ge=0, description="CPU intra-op threads of the model; 0 = torch's default, or for onnx half "
+        "the cores (the other half decode)")
+    backend: Literal["auto", "torch", "onnx"] = Field(
+        default="auto", description="torch = the loaded module; onnx = exported to ONNX Runtime at start (CPU "
+        "only, needs fakesake[onnx], scores within 1e-4 of torch, ~2x the img/s per core: python -m bench); "
+        "auto = onnx on CPU when onnxruntime is installed, else torch")
 
 
 class BatchSettings(BaseModel):
@@ -77,6 +83,10 @@ class RateLimitSettings(BaseModel):
     tenant_burst: int = Field(default=50, ge=1, description="Tenant burst size")
     host_per_s: float = Field(default=0.0, ge=0, description="Fetches/s per source host; 0 = off")
     host_burst: int = Field(default=20, ge=1, description="Host burst size")
+    max_defer_s: float = Field(
+        default=30.0, gt=0,
+        description="Longest rate-limit deferral; a job whose slot is further away asks again after this "
+        "(must stay below redis.visibility_timeout_s: deferred jobs wait unacked in the worker)")
 
 
 class ResultSettings(BaseModel):
@@ -129,6 +139,17 @@ class WorkerSettings(BaseSettings):
     results: ResultSettings = Field(default_factory=ResultSettings, description="Result store and delivery")
     log: LogSettings = Field(default_factory=LogSettings, description="Logging")
     metrics: MetricsSettings = Field(default_factory=MetricsSettings, description="Metrics and health")
+
+    @model_validator(mode="after")
+    def _waits_below_visibility_timeout(self) -> WorkerSettings:
+        # A job deferred (countdown) sits unacked in the worker; past the visibility timeout Redis would hand
+        # it to a second worker while the first still holds it.
+        vt = self.redis.visibility_timeout_s
+        for name, value in (("rate_limit.max_defer_s", self.rate_limit.max_defer_s),
+                            ("retry.backoff_max_s", self.retry.backoff_max_s)):
+            if value >= vt:
+                raise ValueError(f"{name} ({value}) must be below redis.visibility_timeout_s ({vt})")
+        return self
 
     @model_validator(mode="after")
     def _thresholds_ordered(self) -> WorkerSettings:

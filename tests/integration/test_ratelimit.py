@@ -80,3 +80,21 @@ def test_limit_holds_across_two_processes(redis_url: str) -> None:
     print(f"two processes: {counts} grants in {duration}s -> {measured:.1f}/s (limit {rate}/s)")
     assert abs(measured - rate) <= 0.15 * rate, f"measured {measured:.1f}/s for a {rate}/s limit ({counts})"
     assert min(counts) > 0.2 * sum(counts), counts  # both processes really competed
+
+
+def test_reserve_hands_each_waiting_job_its_own_future_slot(redis_url: str) -> None:
+    import itertools
+
+    import redis as redis_lib
+
+    from worker.ratelimit import RedisRateLimiter
+
+    limiter = RedisRateLimiter(redis_lib.Redis.from_url(redis_url))
+    grants = [limiter.reserve("tenant", "resv", 10.0, 1, max_wait_s=0.35) for _ in range(6)]
+    # burst 1 at 10/s: now, then slots 0.1 s apart; beyond 0.35 s nothing is taken
+    assert [held for _, held in grants] == [True, True, True, True, False, False]
+    waits = [w for w, _ in grants]
+    assert waits[0] == 0.0
+    for earlier, later in itertools.pairwise(waits[:4]):
+        assert 0.08 <= later - earlier <= 0.12
+    assert waits[4] > 0.35 and abs(waits[5] - waits[4]) < 0.02  # refusals did not move the schedule

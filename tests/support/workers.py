@@ -51,6 +51,7 @@ def worker_env(
         "FAKESAKE_RETRY__BACKOFF_BASE_S": "0.2",
         "FAKESAKE_RETRY__BACKOFF_MAX_S": "1",
         "FAKESAKE_REDIS__VISIBILITY_TIMEOUT_S": "8",
+        "FAKESAKE_RATE_LIMIT__MAX_DEFER_S": "2",
         "FAKESAKE_METRICS__PORT": "0",
         "FAKESAKE_LOG__LEVEL": "INFO",
     }
@@ -138,11 +139,18 @@ class WorkerProcess:
 
     def rss_bytes(self) -> int:
         """Resident memory of the worker process (Linux /proc)."""
+        return self._status_bytes("VmRSS")
+
+    def peak_rss_bytes(self) -> int:
+        """Highest resident memory the worker process has had so far (``VmHWM``)."""
+        return self._status_bytes("VmHWM")
+
+    def _status_bytes(self, name: str) -> int:
         status = Path(f"/proc/{self.pid}/status").read_text()
         for line in status.splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{name}:"):
                 return int(line.split()[1]) * 1024
-        raise RuntimeError("no VmRSS")
+        raise RuntimeError(f"no {name} in /proc/{self.pid}/status")
 
 
 @contextlib.contextmanager

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -50,6 +52,9 @@ class MemoryCounters:
     def end_delivery(self, job_id: str) -> None:
         self.open.pop(job_id, None)
 
+    def open_deliveries(self, job_id: str) -> int:
+        return self.open.get(job_id, 0)
+
     def next_attempt(self, job_id: str) -> int:
         self.tries[job_id] += 1
         return self.tries[job_id]
@@ -91,8 +96,9 @@ class FixedLimiter:
     def __init__(self, waits: dict[str, float]) -> None:
         self.waits = waits
 
-    def acquire(self, scope: str, name: str, rate_per_s: float, burst: int) -> float:
-        return self.waits.get(scope, 0.0)
+    def reserve(self, scope: str, name: str, rate_per_s: float, burst: int, max_wait_s: float) -> tuple[float, bool]:
+        wait = self.waits.get(scope, 0.0)
+        return wait, wait <= max_wait_s
 
 
 def _infer(score: float = 0.9):  # type: ignore[no-untyped-def]
@@ -205,6 +211,21 @@ def test_rate_limited_job_is_deferred_without_spending_an_attempt() -> None:
     assert counters.attempts(JOB.job_id) == 0 and not store.results and not counters.open
 
 
+def test_reserved_slot_is_not_asked_for_again() -> None:
+    limiter = FixedLimiter({"tenant": 0.25})
+    proc, _, _ = make(limiter=limiter, rate=RateLimitPolicy(tenant_per_s=1.0))
+    first = proc.process(JOB)
+    assert isinstance(first, RetryLater) and first.reserved == frozenset({"tenant"})
+    second = proc.process(JOB, reserved=first.reserved)
+    assert isinstance(second, Finished) and second.result.ok
+
+
+def test_far_slots_are_not_reserved_and_defer_by_the_cap() -> None:
+    proc, _, _ = make(limiter=FixedLimiter({"tenant": 500.0}), rate=RateLimitPolicy(tenant_per_s=1.0, max_defer_s=30))
+    decision = proc.process(JOB)
+    assert isinstance(decision, RetryLater) and decision.countdown_s == 30 and not decision.reserved
+
+
 def test_host_limit_applies_per_host() -> None:
     proc, _, _ = make(limiter=FixedLimiter({"host": 1.5}), rate=RateLimitPolicy(host_per_s=2.0))
     decision = proc.process(JOB)
@@ -248,3 +269,53 @@ def test_failed_batch_fails_its_jobs_as_internal() -> None:
 def test_source_host_and_redaction(source: str, host: str, redacted: str) -> None:
     assert source_host(source) == host
     assert redact(source) == redacted
+
+
+class FlakyStore(MemoryStore):
+    """A result store that is unavailable for its first ``outages`` writes."""
+
+    def __init__(self, outages: int) -> None:
+        super().__init__()
+        self.outages = outages
+
+    def put_final(self, result: JobResult) -> JobResult:
+        if self.outages:
+            self.outages -= 1
+            raise TransientError(ErrorCode.UNAVAILABLE, "result store unavailable")
+        return super().put_final(result)
+
+
+def test_store_outages_do_not_count_as_dead_deliveries() -> None:
+    counters = MemoryCounters()
+    store = FlakyStore(outages=4)  # more outages than max_deliveries (2)
+    proc = JobProcessor(spec=SPEC, preparer=ScriptedPreparer(), infer=_infer(), store=store, counters=counters,
+                        dead_letters=MemoryDLQ(), retry=RetryPolicy(max_attempts=10, max_deliveries=2))
+    for _ in range(4):  # the adapter hands each one back to the queue
+        with pytest.raises(TransientError):
+            proc.process(JOB)
+        assert not counters.open, "a delivery that raised was not a dead worker"
+    decision = proc.process(JOB)
+    assert isinstance(decision, Finished) and decision.result.ok
+
+
+def test_queued_time_excludes_the_time_spent_processing() -> None:
+    class SlowPreparer(ScriptedPreparer):
+        def prepare(self, source: str, version: str | None = None) -> Prepared:
+            time.sleep(0.3)
+            return super().prepare(source, version)
+
+    job = JobMessage(tenant="acme", source="s3://b/k.jpg", submitted_at=datetime.now(UTC) - timedelta(seconds=10))
+    proc, _, _ = make(SlowPreparer())
+    decision = proc.process(job)
+    assert isinstance(decision, Finished)
+    t = decision.result.timings
+    assert t.total_ms is not None and t.queued_ms is not None
+    assert t.total_ms >= 300
+    assert 10_000 <= t.queued_ms < 10_000 + 150  # not 10 s + the 0.3 s spent fetching
+
+
+def test_fail_internal_answers_the_job() -> None:
+    proc, store, dlq = make()
+    finished = proc.fail_internal(JOB, KeyError("bug outside the image path"))
+    assert finished.result.error is not None and finished.result.error.code == "internal"
+    assert store.get(JOB.tenant, JOB.job_id) == finished.result and len(dlq.records) == 1

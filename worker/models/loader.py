@@ -182,7 +182,7 @@ def _from_hub(spec: DetectorSpec, repo: str, revision: str | None, cache_dir: Pa
     from huggingface_hub.utils import logging as hub_logging
 
     # The hub client logs each retry of an unreachable hub as a warning; the ConfigError below says it once.
-    hub_logging.set_verbosity_error()
+    hub_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     offline = _offline()
     try:
         return Path(
