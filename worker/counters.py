@@ -31,6 +31,10 @@ class RedisJobCounters:
     def end_delivery(self, job_id: str) -> None:
         self._r.delete(Keys.deliveries(job_id))
 
+    def open_deliveries(self, job_id: str) -> int:
+        value = self._r.get(Keys.deliveries(job_id))
+        return int(value) if value else 0
+
     def next_attempt(self, job_id: str) -> int:
         return self._incr(Keys.attempts(job_id))
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
+from importlib.util import find_spec
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -146,9 +148,21 @@ class Engine:
             mode=model.preprocess,
             target_px=spec.preprocessing.size_px,
         )
+        classifier: Classifier
+        backend = model.backend
+        if backend == "auto":  # ORT measured ~2x torch per core on CPU (python -m bench --only knobs)
+            backend = "onnx" if detector.device.type == "cpu" and find_spec("onnxruntime") else "torch"
+        if backend == "onnx":
+            from worker.backends.onnx import OnnxClassifier
+
+            # Half the cores for the model, the rest for the prepare threads' decoding (bench knobs table).
+            classifier = OnnxClassifier(detector, threads=model.threads or max(1, (os.cpu_count() or 2) // 2))
+        else:
+            classifier = TorchClassifier(detector)
+        log.info("model backend %s (setting %s) on %s", backend, model.backend, detector.device)
         return cls(
             spec,
-            TorchClassifier(detector),
+            classifier,
             fetcher,
             policy,
             batch_size=settings.batch.max_size,

@@ -78,6 +78,8 @@ def setup_logging(level: str | None = None, json_format: bool | None = None) -> 
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     # The hub client logs every retry of an unreachable hub; the loader reports the outcome in one line.
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+    # At DEBUG Celery's pool logs every task's full arguments: presigned URL signatures and callback URLs.
+    logging.getLogger("celery.pool").setLevel(max(logging.INFO, root.level))
 
 
 def context_filter() -> logging.Filter:

@@ -7,18 +7,17 @@ import ipaddress
 import socket
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from producers.errors import ErrorCode, PermanentError, TransientError
-from tests.support.servers import HttpServer, Route, free_port, http_server
+from tests.support.servers import HttpServer, Route, drip, free_port, http_server, raw, redirect
 from worker.fetch.http import HttpFetcher, make_poster
 from worker.fetch.policy import FetchPolicy
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
-Handler = Callable[[BaseHTTPRequestHandler], None]
 
 
 @pytest.fixture(scope="module")
@@ -47,40 +46,6 @@ def policy_for(srv: HttpServer, *, private: bool = True, **overrides: object) ->
     }
     values.update(overrides)
     return FetchPolicy(**values)  # type: ignore[arg-type]
-
-
-def redirect(location: str, status: int = 302) -> Route:
-    return Route(status=status, headers={"Location": location})
-
-
-def drip(head: bytes, body: bytes, every_s: float) -> Handler:
-    """Send ``head`` at once, then ``body`` one byte every ``every_s`` (until the client goes away)."""
-
-    def handle(h: BaseHTTPRequestHandler) -> None:
-        try:
-            h.wfile.write(head)
-            h.wfile.flush()
-            for i in range(len(body)):
-                h.wfile.write(body[i : i + 1])
-                h.wfile.flush()
-                time.sleep(every_s)
-        except OSError:
-            pass  # the fetcher hung up: that is the point
-        h.close_connection = True
-
-    return handle
-
-
-def raw(response: bytes) -> Handler:
-    def handle(h: BaseHTTPRequestHandler) -> None:
-        try:
-            h.wfile.write(response)
-            h.wfile.flush()
-        except OSError:
-            pass
-        h.close_connection = True
-
-    return handle
 
 
 def test_fetches_bytes_with_pinned_address_and_host_header(http_srv: HttpServer) -> None:

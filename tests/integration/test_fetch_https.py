@@ -3,7 +3,6 @@ the certificate check and the Host header use the host name."""
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
 import ssl
 from collections.abc import Iterator
@@ -12,13 +11,12 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from producers.errors import ErrorCode, PermanentError
 from tests.support.servers import HttpServer, Route
+from tests.support.tls import certificate as _cert
 from worker.fetch.http import HttpFetcher
 from worker.fetch.policy import FetchPolicy
 
@@ -35,33 +33,6 @@ class Tls:
             allow_private=(ipaddress.ip_network("127.0.0.0/8"),),
             total_timeout_s=5.0,
         )
-
-
-def _cert(
-    subject: str,
-    issuer_key: ec.EllipticCurvePrivateKey,
-    issuer: x509.Name | None,
-    *,
-    ca: bool,
-    names: list[str],
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer or name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if names:
-        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
-    signer = key if issuer is None else issuer_key
-    return builder.sign(signer, hashes.SHA256()), key
 
 
 @pytest.fixture(scope="module")

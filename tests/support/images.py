@@ -157,3 +157,44 @@ def hostile() -> dict[str, tuple[Callable[[], bytes], str]]:
         "png-over-policy": (lambda: png_header_only(9_000, 9_000), "too-many-pixels"),
         "gif-bomb-4gpx": (lambda: gif_header_only(65_535, 65_535), "too-many-pixels"),
     }
+
+
+def webp_header_only(width: int, height: int) -> bytes:
+    """A lossless WebP (VP8L) whose header claims ``width`` x ``height`` (max 16384 each)."""
+    bits = (width - 1) | ((height - 1) << 14)  # alpha hint 0, version 0
+    payload = b"\x2f" + struct.pack("<I", bits) + b"\x00" * 16
+    chunk = b"VP8L" + struct.pack("<I", len(payload)) + payload
+    return b"RIFF" + struct.pack("<I", 4 + len(chunk)) + b"WEBP" + chunk
+
+
+def with_dimensions(data: bytes, width: int, height: int) -> bytes:
+    """A real baseline JPEG or BMP with only its header's size patched (giant dimensions, tiny file)."""
+    patched = bytearray(data)
+    if data[:2] == b"\xff\xd8":
+        at = data.index(b"\xff\xc0") + 5  # SOF0: length(2) precision(1) height(2) width(2)
+        patched[at : at + 4] = struct.pack(">HH", height, width)
+    elif data[:2] == b"BM":
+        patched[18:26] = struct.pack("<ii", width, height)
+    else:
+        raise ValueError("with_dimensions handles baseline JPEG and BMP only")
+    return bytes(patched)
+
+
+def png_rgb16(width: int, height: int, seed: int = 0) -> bytes:
+    """A 48-bit (16 bits per channel) RGB PNG, which Pillow can read but not write."""
+    pixels = np.asarray(photo(width, height, seed)).astype(">u2") * 257
+    rows = b"".join(b"\x00" + row.tobytes() for row in pixels)
+    ihdr = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    chunks = _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(rows)) + _png_chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunks
+
+
+def zip_archive(members: dict[str, bytes] | None = None) -> bytes:
+    """A ZIP file (what a JAR/DOCX/APK is) holding ``members``."""
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:
+        for name, data in (members or {"payload.txt": b"not an image\n" * 20}).items():
+            archive.writestr(name, data)
+    return buf.getvalue()

@@ -53,6 +53,7 @@ class RedisServer:
     port: int
     data_dir: Path
     appendonly: bool = False
+    extra_args: tuple[str, ...] = ()  # more redis-server options (``--requirepass``, ``--tls-port``...)
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -67,7 +68,7 @@ class RedisServer:
             exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
             "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
             "--dir", str(self.data_dir), "--maxmemory-policy", "noeviction", "--daemonize", "no",
-            "--protected-mode", "yes", "--loglevel", "warning",
+            "--protected-mode", "yes", "--loglevel", "warning", *self.extra_args,
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_port(self.port, proc=self.proc)
@@ -88,9 +89,9 @@ class RedisServer:
 
 
 @contextlib.contextmanager
-def redis_server(appendonly: bool = False) -> Iterator[RedisServer]:
+def redis_server(appendonly: bool = False, extra_args: tuple[str, ...] = ()) -> Iterator[RedisServer]:
     with tempfile.TemporaryDirectory(prefix="fakesake-redis-") as d:
-        server = RedisServer(port=free_port(), data_dir=Path(d), appendonly=appendonly)
+        server = RedisServer(port=free_port(), data_dir=Path(d), appendonly=appendonly, extra_args=extra_args)
         server.start()
         try:
             yield server
@@ -141,10 +142,52 @@ class Route:
     handler: Callable[[BaseHTTPRequestHandler], None] | None = None
 
 
-class HttpServer:
-    """A threaded HTTP server on 127.0.0.1 with routes set by the test. Counts hits per path."""
+Handler = Callable[[BaseHTTPRequestHandler], None]
 
-    def __init__(self) -> None:
+
+def redirect(location: str, status: int = 302) -> Route:
+    """A route answering ``status`` with ``Location: location``."""
+    return Route(status=status, headers={"Location": location})
+
+
+def drip(head: bytes, body: bytes, every_s: float) -> Handler:
+    """Send ``head`` at once, then ``body`` one byte every ``every_s`` (until the client goes away)."""
+
+    def handle(h: BaseHTTPRequestHandler) -> None:
+        try:
+            h.wfile.write(head)
+            h.wfile.flush()
+            for i in range(len(body)):
+                h.wfile.write(body[i : i + 1])
+                h.wfile.flush()
+                time.sleep(every_s)
+        except OSError:
+            pass  # the fetcher hung up: that is the point
+        h.close_connection = True
+
+    return handle
+
+
+def raw(response: bytes) -> Handler:
+    """Write ``response`` (status line, headers and body, possibly lying) as it is, then close."""
+
+    def handle(h: BaseHTTPRequestHandler) -> None:
+        try:
+            h.wfile.write(response)
+            h.wfile.flush()
+        except OSError:
+            pass
+        h.close_connection = True
+
+    return handle
+
+
+class HttpServer:
+    """A threaded HTTP server on ``host`` (a loopback address, 127.0.0.1 by default) with routes set by
+    the test. Counts hits per path."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
         self.routes: dict[str, Route] = {}
         self.hits: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -180,13 +223,13 @@ class HttpServer:
             def do_POST(self) -> None:
                 self.do_GET()
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer((host, 0), Handler)
         self.server.daemon_threads = True
         self.port = int(self.server.server_address[1])
         self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"http://{self.host}:{self.port}{path}"
 
     def add(self, path: str, route: Route) -> str:
         with self._lock:
@@ -203,8 +246,8 @@ class HttpServer:
 
 
 @contextlib.contextmanager
-def http_server() -> Iterator[HttpServer]:
-    server = HttpServer()
+def http_server(host: str = "127.0.0.1") -> Iterator[HttpServer]:
+    server = HttpServer(host)
     server.start()
     try:
         yield server

@@ -50,7 +50,7 @@ from urllib.parse import urljoin
 from producers.errors import ErrorCode, FakesakeError, PermanentError, TransientError
 from worker.fetch.limits import CHUNK_BYTES, Deadline, read_capped
 from worker.fetch.policy import FetchPolicy
-from worker.fetch.ssrf import CheckedUrl, IPAddress, check_address, check_url, redact_url
+from worker.fetch.ssrf import CheckedUrl, IPAddress, check_url, forbidden_reason, redact_url
 from worker.protocols import Fetched
 
 __all__ = [
@@ -121,10 +121,13 @@ def resolve_checked(target: CheckedUrl, policy: FetchPolicy) -> list[IPAddress]:
         if address not in addresses:
             addresses.append(address)
     for address in addresses:
-        try:
-            check_address(address, policy.allow_private)
-        except PermanentError as exc:
-            raise PermanentError(exc.code, f"{target.host} resolves to {exc.message}") from None
+        reason = forbidden_reason(address, policy.allow_private)
+        if reason is not None:
+            raise PermanentError(
+                ErrorCode.FORBIDDEN_ADDRESS,
+                f"{target.host} resolves to {address}, which is not allowed: {reason}; "
+                "FAKESAKE_FETCH__ALLOW_PRIVATE lists exceptions",
+            )
     if not addresses:
         raise PermanentError(ErrorCode.FETCH_FAILED, f"{target.host!r} has no address")
     return addresses

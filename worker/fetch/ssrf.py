@@ -25,12 +25,15 @@ import ipaddress
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
-from urllib.parse import SplitResult, quote, urlsplit
+from urllib.parse import quote, urlsplit
 
 from producers.errors import ErrorCode, PermanentError
+from producers.redaction import redact_url
 from worker.fetch.policy import FetchPolicy, IPNetwork
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+__all__ = ["CheckedUrl", "check_address", "check_url", "forbidden_reason", "parse_host_address", "redact_url"]
 
 ALLOWED_SCHEMES = ("http", "https")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -93,20 +96,6 @@ class CheckedUrl:
         """``Host`` header value: brackets for IPv6, port only when not the scheme's default."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return host if self.port == _DEFAULT_PORTS[self.scheme] else f"{host}:{self.port}"
-
-
-def redact_url(url: str, limit: int = 512) -> str:
-    """``url`` safe for logs, messages and results: no credentials, no query (presigned signatures live
-    there), no fragment. Never raises; long results are cut to ``limit`` characters."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc.rpartition("@")[2]
-        redacted = SplitResult(parts.scheme, netloc, parts.path, "<redacted>" if parts.query else "", "")
-        text = redacted.geturl()
-    except (ValueError, TypeError):
-        text = str(url).split("?", 1)[0].split("#", 1)[0]
-        text = text.rpartition("@")[2] if "://" not in text else text
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:

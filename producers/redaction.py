@@ -1,0 +1,30 @@
+"""Making references safe to show: URLs without credentials, query strings or fragments.
+
+Presigned S3/GCS URLs carry their signature (a bearer credential) in the query string and ``user:pass@``
+puts a password in the authority, so every log line, error message, stored result and Celery ``argsrepr``
+shows sources through :func:`redact_url`. Standard library only: producers use it without the worker.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import SplitResult, urlsplit
+
+REDACTED = "<redacted>"
+
+
+def redact_url(url: str, limit: int = 512) -> str:
+    """``url`` safe for logs, messages and results: no credentials, no query (presigned signatures live
+    there), no fragment. Never raises; long results are cut to ``limit`` characters."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc.rpartition("@")[2]
+        text = SplitResult(parts.scheme, netloc, parts.path, REDACTED if parts.query else "", "").geturl()
+    except (ValueError, TypeError):  # e.g. an unbalanced "[" in the host: cut by hand, never echo it whole
+        text = str(url).split("?", 1)[0].split("#", 1)[0]
+        scheme, sep, rest = text.partition("://")
+        if sep:
+            authority, slash, path = rest.partition("/")
+            text = f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"
+        else:
+            text = text.rpartition("@")[2]
+    return text if len(text) <= limit else text[: limit - 3] + "..."

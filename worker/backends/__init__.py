@@ -1,0 +1,1 @@
+"""Optional inference backends implementing :class:`worker.protocols.Classifier` (torch is in ``worker.classifier``)."""
