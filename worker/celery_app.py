@@ -160,7 +160,9 @@ def deliver_webhook(self: Task, result: dict[str, Any], url: str) -> str:
 
 def worker_argv(settings: WorkerSettings, extra: list[str]) -> list[str]:
     """``celery worker`` arguments: threads pool sized for batching, both lanes, events on."""
-    argv = ["worker", "--events", "--queues", ",".join(ALL_QUEUES)]
+    argv = ["worker", "--events"]
+    if not any(a.startswith(("--queues", "-Q")) for a in extra):
+        argv += ["--queues", ",".join(ALL_QUEUES)]  # both lanes, interactive polled first
     if not any(a.startswith(("--pool", "-P")) for a in extra):
         argv.append("--pool=threads")
     if not any(a.startswith(("--concurrency", "-c")) for a in extra):
