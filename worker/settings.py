@@ -27,12 +27,13 @@ class ModelSettings(BaseModel):
     human_max: float | None = Field(default=None, ge=0, le=1, description="Override: score below -> band human")
     ai_min: float | None = Field(default=None, ge=0, le=1, description="Override: score at/above -> band ai")
     threads: int = Field(
-        default=0, ge=0, description="CPU intra-op threads of the model; 0 = torch's default, or for onnx half "
-        "the cores (the other half decode)")
+        default=0, ge=0, description="CPU intra-op threads of the model; 0 = torch's default, or for onnx one per "
+        "core")
     backend: Literal["auto", "torch", "onnx"] = Field(
         default="auto", description="torch = the loaded module; onnx = exported to ONNX Runtime at start (CPU "
-        "only, needs fakesake[onnx], scores within 1e-4 of torch, ~2x the img/s per core: python -m bench); "
-        "auto = onnx on CPU when onnxruntime is installed, else torch")
+        "only, scores within 1e-4 of torch, ~2x the img/s per core: python -m bench); "
+        "auto = onnx on CPU in fast preprocessing mode (when onnxruntime is installed), else torch, so the "
+        "exact mode keeps scores within 1e-5 of the published pipeline")
 
 
 class BatchSettings(BaseModel):
@@ -76,6 +77,17 @@ class RetrySettings(BaseModel):
     backoff_max_s: float = Field(default=60.0, gt=0, description="Cap on one retry delay")
     max_deliveries: int = Field(default=3, ge=1,
                                 description="Deliveries of one job (worker crashes) before it is dead-lettered")
+
+
+class LedgerSettings(BaseModel):
+    grace_s: float = Field(
+        default=1200.0, gt=0,
+        description="A ledger job untouched (not pushed, no delivery begun) this long, with no result and not "
+        "waiting in its lane, is re-queued (a message lost by a killed worker; worker/ledger.py). Must exceed "
+        "redis.visibility_timeout_s")
+    sweep_interval_s: float = Field(
+        default=30.0, ge=0, description="How often the fleet sweeps the ledger (one worker at a time); 0 = off")
+    batch: int = Field(default=500, ge=1, description="Most ledger entries checked in one sweep")
 
 
 class RateLimitSettings(BaseModel):
@@ -136,6 +148,7 @@ class WorkerSettings(BaseSettings):
     fetch: FetchSettings = Field(default_factory=FetchSettings, description="Fetching and decoding limits")
     retry: RetrySettings = Field(default_factory=RetrySettings, description="Retries and dead letters")
     rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings, description="Global rate limits")
+    ledger: LedgerSettings = Field(default_factory=LedgerSettings, description="Recovery of lost jobs")
     results: ResultSettings = Field(default_factory=ResultSettings, description="Result store and delivery")
     log: LogSettings = Field(default_factory=LogSettings, description="Logging")
     metrics: MetricsSettings = Field(default_factory=MetricsSettings, description="Metrics and health")
@@ -149,6 +162,10 @@ class WorkerSettings(BaseSettings):
                             ("retry.backoff_max_s", self.retry.backoff_max_s)):
             if value >= vt:
                 raise ValueError(f"{name} ({value}) must be below redis.visibility_timeout_s ({vt})")
+        # A dead worker's unacked jobs come back only after the visibility timeout; the ledger must not
+        # re-queue them before that (a harmless duplicate, but a pointless one).
+        if self.ledger.grace_s <= vt:
+            raise ValueError(f"ledger.grace_s ({self.ledger.grace_s}) must exceed redis.visibility_timeout_s ({vt})")
         return self
 
     @model_validator(mode="after")

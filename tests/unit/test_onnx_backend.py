@@ -63,12 +63,20 @@ def test_refuses_cuda(detector: LoadedDetector) -> None:
 
 
 @pytest.mark.parametrize(
-    ("backend", "kind"), [("onnx", OnnxClassifier), ("torch", TorchClassifier), ("auto", OnnxClassifier)]
+    ("backend", "preprocess", "kind"),
+    [
+        ("onnx", "exact", OnnxClassifier),
+        ("torch", "fast", TorchClassifier),
+        # auto keeps exact mode on torch (within 1e-5 of the card pipeline); ORT only speeds up fast mode
+        ("auto", "exact", TorchClassifier),
+        ("auto", "fast", OnnxClassifier),
+    ],
 )
-def test_engine_from_settings_selects_backend(tmp_path: Path, backend: str, kind: type) -> None:
+def test_engine_from_settings_selects_backend(tmp_path: Path, backend: str, preprocess: str, kind: type) -> None:
     weights = write_snapshot(SPEC, tmp_path, seeded_state(SPEC, 0))
     settings = WorkerSettings.model_validate(
-        {"model": {"weights": str(weights), "device": "cpu", "backend": backend, "threads": 1}}
+        {"model": {"weights": str(weights), "device": "cpu", "backend": backend, "threads": 1,
+                   "preprocess": preprocess}}
     )
     engine = Engine.from_settings(settings, MemoryFetcher({}))
     assert isinstance(engine.classifier, kind)

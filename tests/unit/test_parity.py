@@ -174,3 +174,27 @@ def _detector_from_state(spec: DetectorSpec):  # type: ignore[no-untyped-def]
     module = build_module(spec)
     load_into(module, seeded_state(spec, VARIANTS[spec.name][0]), spec)
     return LoadedDetector(spec, module.eval(), torch.device("cpu"))
+
+
+def test_scan_command_with_default_settings_matches_the_card(
+    images: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The user-facing path, defaults included (backend auto, exact preprocessing), not a hand-built engine."""
+    import json
+    import os
+
+    from worker.cli import main
+
+    for key in [k for k in os.environ if k.startswith("FAKESAKE_")]:
+        monkeypatch.delenv(key)
+    spec = registry.get("ffs-mj-5m")
+    snapshot = tmp_path / "snapshot"
+    write_snapshot(spec, snapshot, seeded_state(spec, VARIANTS[spec.name][0]))
+    out = tmp_path / "scan.jsonl"
+    code = main(["scan", "--weights", str(snapshot), "--no-progress", "-o", str(out), *map(str, images)])
+    assert code == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    reference = CardPipeline(snapshot / spec.weights_file, spec)
+    assert [r["source"] for r in records] == [str(p) for p in images]
+    deltas = [abs(r["score"] - reference(p)) for r, p in zip(records, images, strict=True)]
+    assert max(deltas) <= TOLERANCE

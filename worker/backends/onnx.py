@@ -60,7 +60,7 @@ class OnnxClassifier:
         try:
             import onnxruntime as ort
         except ImportError as exc:
-            raise ConfigError("model.backend onnx needs onnxruntime: pip install 'fakesake[onnx]'") from exc
+            raise ConfigError("model.backend onnx needs onnxruntime: pip install 'fakesake[worker]'") from exc
         self.detector = detector
         self.device = detector.device
         self.threads = threads

@@ -1,0 +1,153 @@
+"""Section 1: the in-process scan path (``Engine.classify`` over files) vs the model card's pipeline.
+
+Also the ideal bound from the engine's own per-image costs on this machine's cores (formula in the note).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from functools import partial
+from typing import Any
+
+import torch
+
+from bench.common import Context, Row, interleaved, median, ratio_of, timed_rate
+from bench.corpus import SPEC_NAME, image_set, scan_engine, weights_file, worker_settings
+from bench.reference import CardPipeline
+
+SECTION = "engine"
+COUNTS = {"jpeg-1024": (64, 24), "jpeg-4032x3024": (6, 3), "png-1024": (16, 6), "webp-1024": (16, 6)}
+TARGET_RATIO = 4.0
+TARGET_BOUND = 0.8
+
+
+def engine_rate(engine: Any, sources: list[str]) -> float:
+    """Images/s of one ``classify`` pass; every outcome must be ok."""
+    outcomes: list[Any] = []
+    rate = timed_rate(len(sources), lambda: outcomes.extend(engine.classify(sources)))
+    bad = [o for o in outcomes if not o.ok]
+    if bad:
+        raise RuntimeError(f"{len(bad)} images failed, first: {bad[0].error}")
+    return rate
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def per_image_ms(run: Callable[[], object], count: int, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - start) * 1000 / count)
+    return median(times)
+
+
+def single_thread_classifier(classifier: Any) -> tuple[Any, contextlib.AbstractContextManager[None]]:
+    """The same model on one thread (ORT: a second session; torch: the same module, 1 intra-op thread)."""
+    if type(classifier).__name__ == "OnnxClassifier":
+        from worker.backends.onnx import OnnxClassifier
+
+        return OnnxClassifier(classifier.detector, threads=1), contextlib.nullcontext()
+    return classifier, torch_threads(1)
+
+
+def bound(ctx: Context, engine: Any, sources: list[str]) -> dict[str, float]:
+    """Per-image costs measured on this engine and the ideal throughput they allow on this machine.
+
+    d  = fetch+decode+preprocess, one image at a time on one thread (``Engine.prepare``), ms of one core;
+    m1 = model forward per image at the engine's batch size on ONE thread, ms of one core;
+    mN = model forward per image on all the engine's threads, wall ms.
+    bound = min(cores / (d + m1), 1 / mN): every core busy all the time doing each unit of work at its
+    cheapest measured cost, decode overlapped with the model, and the model no faster than on all threads.
+    """
+    cores = os.cpu_count() or 1
+    repeats = 3 if ctx.quick else 5
+    prepared = [engine.prepare(s) for s in sources[: engine.batch_size]]
+    with torch_threads(1):
+        d = per_image_ms(lambda: [engine.prepare(s) for s in sources[:8]], 8, repeats)
+    batch = [p.tensor for p in prepared]
+    engine.classifier.predict(batch)  # warm-up
+    m_n = per_image_ms(lambda: engine.classifier.predict(batch), len(batch), repeats)
+    single, threads = single_thread_classifier(engine.classifier)
+    with threads:
+        single.predict(batch)
+        m_1 = per_image_ms(lambda: single.predict(batch), len(batch), repeats)
+    ideal = min(cores / (d + m_1), 1 / m_n) * 1000
+    return {"decode_ms": d, "model_1t_ms": m_1, "model_all_ms": m_n, "cores": cores, "bound": ideal}
+
+
+def run(ctx: Context) -> list[Row]:
+    from worker.models import registry
+
+    weights = ctx.once("weights", lambda: weights_file(ctx.workdir))
+    spec = registry.get(SPEC_NAME)
+    reference = CardPipeline(spec, weights)
+    settings = worker_settings(weights)
+    engine = scan_engine(settings)
+    default_backend = "onnx" if type(engine.classifier).__name__ == "OnnxClassifier" else "torch"
+    rows: list[Row] = []
+    for name, (full, quick) in COUNTS.items():
+        images = image_set(ctx.workdir, name, ctx.n(full, quick))
+        sources = images.sources
+        list(engine.classify(sources[: engine.batch_size]))  # warm-up: oneDNN/ORT kernels, thread pools
+        reference.score_files(sources[:2])
+        with torch.enable_grad():  # the card runs with autograd on (the default)
+            rates = interleaved(
+                {
+                    "engine": partial(engine_rate, engine, sources),
+                    "reference": partial(timed_rate, len(sources), partial(reference.score_files, sources)),
+                },
+                ctx.passes,
+            )
+        ratio = ratio_of(rates, "engine", "reference")
+        is_target = name == "jpeg-1024"
+        rows.append(
+            Row(
+                SECTION,
+                f"engine (defaults: {default_backend}) {name}, {len(sources)} files",
+                median(rates["engine"]),
+                "img/s",
+                median(rates["reference"]),
+                "model card pipeline",
+                ratio,
+                f">= {TARGET_RATIO:.0f}x" if is_target else "",
+                (ratio >= TARGET_RATIO) if is_target else None,
+            )
+        )
+        if is_target:
+            costs = bound(ctx, engine, sources)
+            measured = median(rates["engine"])
+            share = measured / costs["bound"]
+            rows.append(
+                Row(
+                    SECTION,
+                    f"engine vs ideal bound, {name}",
+                    measured,
+                    "img/s",
+                    costs["bound"],
+                    "bound",
+                    share,
+                    f">= {TARGET_BOUND:.0%} of bound",
+                    share >= TARGET_BOUND,
+                    note=(
+                        f"bound = min(cores / (d + m1), 1 / mN) with cores={costs['cores']}, "
+                        f"d={costs['decode_ms']:.1f} ms (fetch+decode+preprocess, 1 thread), "
+                        f"m1={costs['model_1t_ms']:.1f} ms (model per image at batch {engine.batch_size}, 1 thread), "
+                        f"mN={costs['model_all_ms']:.1f} ms (model per image, all the engine's threads): every core "
+                        "busy at the cheapest measured per-image cost, decode overlapped with the model"
+                    ),
+                )
+            )
+    engine.close()
+    return rows

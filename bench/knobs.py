@@ -1,0 +1,229 @@
+"""Section 5: the knobs. CPU inference backend, batch size, max wait, prepare threads, preprocessing mode.
+
+Model-only figures run the classifier on real preprocessed 1024^2 JPEG inputs. Every variant of one
+table is measured interleaved, pass by pass, and each row's ratio is against the table's first variant.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any, cast
+
+import torch
+
+from bench import fast_mode
+from bench.common import Context, Row, interleaved, median, percentile, ratio_of, timed_rate
+from bench.corpus import SPEC_NAME, image_set, scan_engine, weights_file, worker_settings
+from bench.engine_section import engine_rate
+from worker.batching import BatchPolicy
+from worker.classifier import TorchClassifier
+from worker.inference_loop import InferenceLoop
+from worker.models.loader import LoadedDetector
+
+log = logging.getLogger(__name__)
+PARITY = 1e-4
+
+
+def _model_rate(predict: Callable[[list[torch.Tensor]], list[float]], batch: list[torch.Tensor], rounds: int) -> float:
+    return timed_rate(len(batch) * rounds, lambda: [predict(batch) for _ in range(rounds)])
+
+
+def _classifiers(ctx: Context, detector: LoadedDetector, batch: list[torch.Tensor]) -> dict[str, tuple[Any, str]]:
+    """name -> (classifier, note). Each torch variant gets its own copy of the module (memory format)."""
+    from worker.backends.onnx import OnnxClassifier
+
+    def clone() -> LoadedDetector:
+        return LoadedDetector(detector.spec, copy.deepcopy(detector.module), detector.device)
+
+    out: dict[str, tuple[Any, str]] = {
+        "torch eager (NCHW)": (TorchClassifier(clone(), channels_last=False), ""),
+        "torch channels_last": (TorchClassifier(clone()), ""),
+    }
+    if ctx.quick:
+        out["torch.compile"] = (None, "skipped in --quick (compiling takes 20-60 s per batch size)")
+    else:
+        try:
+            compiled = clone()
+            module = torch.compile(compiled.module)
+            classifier = TorchClassifier(LoadedDetector(detector.spec, module, detector.device))  # type: ignore[arg-type]
+            start = time.perf_counter()
+            classifier.predict(batch)
+            out["torch.compile"] = (classifier, f"compile + first batch took {time.perf_counter() - start:.1f} s")
+        except Exception as exc:  # inductor needs a C++ toolchain; report instead of failing the run
+            out["torch.compile"] = (None, f"skipped: {type(exc).__name__}: {str(exc)[:160]}")
+    cores = torch.get_num_threads()
+    graph = None
+    for threads in sorted({1, cores}):
+        start = time.perf_counter()
+        onnx = OnnxClassifier(clone(), threads=threads, graph=graph)
+        graph = onnx.graph
+        out[f"onnxruntime {threads} thread{'s' if threads > 1 else ''}"] = (
+            onnx,
+            f"export + session {time.perf_counter() - start:.1f} s",
+        )
+    return out
+
+
+def backend_rows(ctx: Context, detector: LoadedDetector, batch: list[torch.Tensor]) -> list[Row]:
+    variants = _classifiers(ctx, detector, batch)
+    runnable = {name: c for name, (c, _) in variants.items() if c is not None}
+    expected = runnable["torch eager (NCHW)"].predict(batch)
+    for c in runnable.values():
+        c.predict(batch)  # warm-up
+    rounds = 1 if ctx.quick else 3
+    rates = interleaved(
+        {name: partial(_model_rate, c.predict, batch, rounds) for name, c in runnable.items()}, ctx.passes
+    )
+    rows = []
+    for name, (classifier, note) in variants.items():
+        if classifier is None:
+            rows.append(Row("knobs", f"backend {name}", None, "img/s", note=note))
+            continue
+        parity = max(abs(a - b) for a, b in zip(classifier.predict(batch), expected, strict=True))
+        rows.append(
+            Row(
+                "knobs",
+                f"backend {name}, model only, batch {len(batch)}",
+                median(rates[name]),
+                "img/s",
+                median(rates["torch eager (NCHW)"]),
+                "torch eager",
+                ratio_of(rates, name, "torch eager (NCHW)"),
+                f"parity <= {PARITY:g}" if "onnx" in name else "",
+                (parity <= PARITY) if "onnx" in name else None,
+                note=f"max |dP| vs eager {parity:.1e}" + (f"; {note}" if note else ""),
+            )
+        )
+    return rows
+
+
+def batch_rows(ctx: Context, classifier: Any, tensors: list[torch.Tensor], backend: str) -> list[Row]:
+    sizes = [1, 4, 8, 16, 32]
+    per_pass = ctx.n(32, 16)  # images per pass and size
+    batches = {n: (tensors * (32 // len(tensors) + 1))[:n] for n in sizes}
+    for b in batches.values():
+        classifier.predict(b)
+    rates = interleaved(
+        {str(n): partial(_model_rate, classifier.predict, b, max(1, per_pass // len(b))) for n, b in batches.items()},
+        ctx.passes,
+    )
+    return [
+        Row(
+            "knobs",
+            f"batch size {n} ({backend}), model only",
+            median(rates[str(n)]),
+            "img/s",
+            median(rates["1"]),
+            "batch 1",
+            ratio_of(rates, str(n), "1"),
+        )
+        for n in sizes
+    ]
+
+
+def _closed_loop(
+    loop: InferenceLoop, tensor: torch.Tensor, clients: int, duration_s: float
+) -> tuple[float, list[float]]:
+    """``clients`` threads each submitting one input and waiting for it, for ``duration_s``: (img/s, latencies)."""
+    latencies: list[float] = []
+    stop = time.perf_counter() + duration_s
+
+    def client() -> None:
+        while time.perf_counter() < stop:
+            start = time.perf_counter()
+            loop.submit(tensor).result(timeout=60)
+            latencies.append((time.perf_counter() - start) * 1000)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    began = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return len(latencies) / (time.perf_counter() - began), latencies
+
+
+def wait_rows(ctx: Context, classifier: Any, tensor: torch.Tensor, max_size: int) -> list[Row]:
+    """InferenceLoop under 8 closed-loop clients (job threads holding a prepared input) per max wait."""
+    rows = []
+    for wait_ms in (0, 5, 10, 20, 50):
+        loop = InferenceLoop(classifier.predict, BatchPolicy(max_size=max_size, max_wait_s=wait_ms / 1000)).start()
+        rate, latencies = _closed_loop(loop, tensor, 8, 1.0 if ctx.quick else 2.0)
+        loop.stop()
+        rows.append(
+            Row(
+                "knobs",
+                f"max wait {wait_ms} ms, 8 clients, batch <= {max_size}",
+                rate,
+                "img/s",
+                note=f"p50 latency {percentile(latencies, 50):.0f} ms, "
+                f"{len(latencies) / max(loop.batches, 1):.1f} images/batch",
+            )
+        )
+    return rows
+
+
+def _engine_table(ctx: Context, weights: Any, variants: dict[str, dict[str, dict[str, Any]]], what: str) -> list[Row]:
+    """End-to-end engine img/s on jpeg-1024 files for settings variants (ratios against the first)."""
+    sources = image_set(ctx.workdir, "jpeg-1024", ctx.n(48, 16)).sources
+    engines = {
+        name: scan_engine(worker_settings(weights, **cast(dict[str, Any], groups))) for name, groups in variants.items()
+    }
+    for e in engines.values():
+        list(e.classify(sources[:4]))
+    rates = interleaved({name: partial(engine_rate, e, sources) for name, e in engines.items()}, ctx.passes)
+    first = next(iter(variants))
+    return [
+        Row(
+            "knobs",
+            f"{what} {name}, engine, jpeg-1024",
+            median(rates[name]),
+            "img/s",
+            median(rates[first]),
+            first,
+            ratio_of(rates, name, first),
+        )
+        for name in engines
+    ]
+
+
+def engine_rows(ctx: Context, weights: Any) -> list[Row]:
+    rows = _engine_table(
+        ctx,
+        weights,
+        {
+            "torch (default threads)": {"model": {"backend": "torch"}},
+            "onnx 1 thread": {"model": {"backend": "onnx", "threads": 1}},
+            "onnx 2 threads": {"model": {"backend": "onnx", "threads": 2}},
+        },
+        "backend",
+    )
+    rows += _engine_table(
+        ctx, weights, {str(n): {"batch": {"prepare_threads": n}} for n in (1, 2, 4)}, "prepare threads"
+    )
+    return rows
+
+
+def run(ctx: Context) -> list[Row]:
+    weights = ctx.once("weights", lambda: weights_file(ctx.workdir))
+    settings = worker_settings(weights)
+    engine = scan_engine(settings)
+    sources = image_set(ctx.workdir, "jpeg-1024", 16).sources
+    tensors = [engine.prepare(s).tensor for s in sources]
+    batch = tensors[: settings.batch.max_size]
+    detector = engine.classifier.detector
+    base = LoadedDetector(
+        detector.spec, copy.deepcopy(detector.module).to(memory_format=torch.contiguous_format), detector.device
+    )
+    rows = backend_rows(ctx, base, batch)
+    rows += batch_rows(ctx, engine.classifier, tensors, settings.model.backend)
+    rows += wait_rows(ctx, engine.classifier, tensors[0], settings.batch.max_size)
+    rows += engine_rows(ctx, weights)
+    rows += fast_mode.rows(ctx, weights)
+    log.debug("knobs measured with %s", SPEC_NAME)
+    return rows
