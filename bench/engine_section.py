@@ -16,7 +16,7 @@ import torch
 
 from bench.common import Context, Row, interleaved, median, ratio_of, timed_rate
 from bench.corpus import SPEC_NAME, image_set, scan_engine, weights_file, worker_settings
-from bench.reference import CardPipeline
+from tests.support.card import CardPipeline
 
 SECTION = "engine"
 COUNTS = {"jpeg-1024": (64, 24), "jpeg-4032x3024": (6, 3), "png-1024": (16, 6), "webp-1024": (16, 6)}
@@ -92,7 +92,7 @@ def run(ctx: Context) -> list[Row]:
 
     weights = ctx.once("weights", lambda: weights_file(ctx.workdir))
     spec = registry.get(SPEC_NAME)
-    reference = CardPipeline(spec, weights)
+    reference = CardPipeline(weights, spec)
     settings = worker_settings(weights)
     engine = scan_engine(settings)
     default_backend = "onnx" if type(engine.classifier).__name__ == "OnnxClassifier" else "torch"

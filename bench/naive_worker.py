@@ -2,7 +2,7 @@
 "queue vs naive" (bench section ``queue``).
 
 What a first version would look like: Celery's defaults (prefork pool, one child per core, prefetch 4),
-the card's pipeline (``bench.reference.CardPipeline``) loaded lazily in each child, one image per task, no
+the card's pipeline (``tests.support.card.CardPipeline``) loaded lazily in each child, one image per task, no
 batching, no decode/inference overlap. It consumes the same messages (``producers.wire``) from the same
 lane and stores the same ``JobResult`` records, so the producer and the wait are identical to the real
 worker's. Local files only (``file://``).
@@ -47,9 +47,9 @@ _state: dict[str, Any] = {}
 
 def _pipeline() -> Any:
     if "pipe" not in _state:  # per child process, on its first task
-        from bench.reference import CardPipeline
+        from tests.support.card import CardPipeline
 
-        _state["pipe"] = CardPipeline(SPEC, Path(os.environ["BENCH_WEIGHTS"]))
+        _state["pipe"] = CardPipeline(Path(os.environ["BENCH_WEIGHTS"]), SPEC)
         _state["store"] = RedisResultStore(redis.Redis.from_url(BROKER), ttl_s=3600, index_max=10_000)
     return _state["pipe"]
 

@@ -11,18 +11,13 @@ forward is ~0.7 img/s on 2 cores; its key layout is checked on the meta device i
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import timm
 import torch
 from PIL import Image
-from timm.data.transforms_factory import create_transform
-from torch import nn
-from torchvision import transforms
 
+from tests.support.card import CardPipeline
 from tests.support.checkpoints import seeded_state, small_stand_in, write_snapshot
 from tests.support.fetchers import FileFetcher
 from tests.support.images import corpus
@@ -44,46 +39,6 @@ VARIANTS = {  # name -> (seed, small stand-in?)
     "ffs-mj-200m": (2, True),
     "ffs-v2": (3, True),
 }
-
-
-class CardDetector(nn.Module):
-    """The model class of the model card."""
-
-    def __init__(self, arch: str, features: int) -> None:
-        super().__init__()
-        self.model = timm.create_model(arch, pretrained=False, num_classes=0)
-        self.clf = nn.Sequential(nn.Linear(features, 128), nn.ReLU(), nn.Linear(128, 2))
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.clf(self.model(image))  # type: ignore[no-any-return]
-
-
-class CardPipeline:
-    """The model card's ``PreTrainedPipeline``, plus the RGB conversion users have to add."""
-
-    def __init__(self, weights: Path, spec: DetectorSpec) -> None:
-        self.model = CardDetector(spec.arch, spec.num_features)
-        self.model.load_state_dict(torch.load(weights, map_location="cpu"))
-        self.model.eval()
-        pre = spec.preprocessing
-        if spec.version == "2.0":
-            self.transforms: Callable[[Image.Image], torch.Tensor] = create_transform(
-                input_size=(3, pre.size_px, pre.size_px), interpolation="bicubic", mean=pre.mean, std=pre.std,
-                crop_pct=1.0, crop_mode="squash",
-            )  # fmt: skip
-        else:
-            self.transforms = transforms.Compose(
-                [transforms.Resize((pre.size_px, pre.size_px)), transforms.ToTensor(),
-                 transforms.Normalize(pre.mean, pre.std)]
-            )  # fmt: skip
-
-    def __call__(self, path: Path) -> float:
-        with warnings.catch_warnings(), Image.open(path) as opened:
-            # Pillow warns about palette transparency given as bytes; users of the card would see it too.
-            warnings.simplefilter("ignore", UserWarning)
-            image = opened.convert("RGB")
-        logits = self.model(self.transforms(image).unsqueeze(0))  # autograd on, as in the card
-        return float(torch.softmax(logits, dim=1)[0, 1].detach())
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +73,7 @@ def _engine(spec: DetectorSpec, snapshot: Path, batch_size: int) -> Engine:
 def test_engine_matches_the_card_pipeline(variant: tuple[DetectorSpec, Path], images: list[Path]) -> None:
     spec, snapshot = variant
     reference = CardPipeline(snapshot / spec.weights_file, spec)
-    expected = [reference(p) for p in images]
+    expected = [reference.score_file(p) for p in images]
     outcomes = list(_engine(spec, snapshot, batch_size=8).classify([str(p) for p in images]))
     assert all(o.ok for o in outcomes), [o.error for o in outcomes if o.error]
     deltas = [abs(o.score - e) for o, e in zip(outcomes, expected, strict=True) if o.score is not None]
@@ -138,7 +93,8 @@ def test_drop_in_pipeline_matches_the_card(name: str, images: list[Path], tmp_pa
             result = ours(image)
         assert [r["label"] for r in result] == ["by AI", "by human"]
         p_ai = float(result[0]["score"])
-        assert abs(p_ai - reference(path)) <= TOLERANCE and abs(float(result[1]["score"]) - (1 - p_ai)) < 1e-12
+        assert abs(p_ai - reference.score_file(path)) <= TOLERANCE
+        assert abs(float(result[1]["score"]) - (1 - p_ai)) < 1e-12
 
 
 def test_drop_in_pipeline_accepts_any_mode_and_a_file_path(images: list[Path], tmp_path: Path) -> None:
@@ -196,5 +152,5 @@ def test_scan_command_with_default_settings_matches_the_card(
     records = [json.loads(line) for line in out.read_text().splitlines()]
     reference = CardPipeline(snapshot / spec.weights_file, spec)
     assert [r["source"] for r in records] == [str(p) for p in images]
-    deltas = [abs(r["score"] - reference(p)) for r, p in zip(records, images, strict=True)]
+    deltas = [abs(r["score"] - reference.score_file(p)) for r, p in zip(records, images, strict=True)]
     assert max(deltas) <= TOLERANCE
