@@ -5,6 +5,11 @@ inside Redis — checks the idempotency key, checks the lane's depth against ``q
 ``LPUSH``es the Celery message (:mod:`producers.wire`). Because the idempotency ``SET`` and the ``LPUSH``
 happen in the same script, a producer that crashes mid-call leaves either both or neither: never a key
 that points at a job that was never queued, nor a queued job whose key was lost.
+
+The same script records each pushed job in the ledger (``Keys.LEDGER``: lane, tenant and the exact message;
+``Keys.LEDGER_SEEN``: Redis TIME of the push). The result store removes the entry with the final result, and
+``worker.ledger`` re-pushes entries that are neither queued, nor being processed, nor finished — the message
+a SIGKILLed worker had popped with BRPOP before kombu recorded it (docs/RELIABILITY.md).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from producers import wire
 from producers.connections import redis_from_settings
-from producers.contract import JobMessage, JobResult, Keys, Priority, TenantId
+from producers.contract import LUA_NOW, JobMessage, JobResult, Keys, Priority, TenantId
 from producers.errors import ErrorCode, PermanentError, TransientError
 from producers.settings import ProducerSettings
 
@@ -32,32 +37,38 @@ _FULL_RETRY_S = 0.2
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 _TENANT = TypeAdapter(TenantId)
 
-# KEYS[1] = lane list, KEYS[2..] = idempotency keys. ARGV = max_depth, ttl_s, then per job the triple
-# (index into KEYS of its idempotency key or 0, job id, message). Returns per job: status, job id.
-# A known idempotency key wins over a full queue: resubmitting an accepted job is never refused.
-_ENQUEUE_LUA = """
+# KEYS[1] = lane list, KEYS[2] = ledger hash, KEYS[3] = ledger seen zset, KEYS[4..] = idempotency keys.
+# ARGV = max_depth (-1: unchecked), ttl_s, then per job (index into KEYS of its idempotency key or 0, job id,
+# tenant, message). Returns per job: status, job id. A known idempotency key wins over a full queue:
+# resubmitting an accepted job is never refused.
+_ENQUEUE_LUA = (
+    LUA_NOW
+    + """
 local max_depth = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
 local depth = redis.call('LLEN', KEYS[1])
 local out = {}
-for i = 3, #ARGV, 3 do
+for i = 3, #ARGV, 4 do
   local k = tonumber(ARGV[i])
   local job_id = ARGV[i + 1]
   local existing = false
   if k > 0 then existing = redis.call('GET', KEYS[k]) end
   if existing then
     out[#out + 1] = 'dup'; out[#out + 1] = existing
-  elseif depth >= max_depth then
+  elseif max_depth >= 0 and depth >= max_depth then
     out[#out + 1] = 'full'; out[#out + 1] = job_id
   else
     if k > 0 then redis.call('SET', KEYS[k], job_id, 'EX', ttl) end
-    redis.call('LPUSH', KEYS[1], ARGV[i + 2])
+    redis.call('LPUSH', KEYS[1], ARGV[i + 3])
+    redis.call('HSET', KEYS[2], job_id, KEYS[1] .. '\\n' .. ARGV[i + 2] .. '\\n' .. ARGV[i + 3])
+    redis.call('ZADD', KEYS[3], now, job_id)
     depth = depth + 1
     out[#out + 1] = 'new'; out[#out + 1] = job_id
   end
 end
 return out
 """
+)
 
 
 class QueueFullError(TransientError):
@@ -224,6 +235,32 @@ class Producer:
             log.debug("lane(s) %s full; %d jobs waiting for room", lanes, len(todo))
             time.sleep(min(_FULL_RETRY_S, max(0.0, deadline - time.monotonic())))
 
+    def stage(
+        self,
+        pipe: Any,
+        lane: Priority,
+        jobs: Sequence[JobMessage],
+        *,
+        max_depth: int | None = None,
+        ttl_s: int | None = None,
+        sender: str | None = None,
+    ) -> None:
+        """Queue one enqueue-script call for ``jobs`` (all of ``lane``) on the pipeline ``pipe``.
+
+        The script pushes each job and writes its ledger entry atomically (see the module doc); its reply
+        is one ``(status, job id)`` pair per job. ``max_depth`` None pushes regardless of the lane's depth
+        (for a caller that checked capacity itself, e.g. a re-drive inside a MULTI that must not be refused).
+        """
+        keys = [wire.queue_key(lane), Keys.LEDGER, Keys.LEDGER_SEEN]
+        args: list[Any] = [-1 if max_depth is None else max_depth, ttl_s or self.settings.queue.result_ttl_s]
+        for job in jobs:
+            key_index = 0
+            if job.idempotency_key is not None:
+                keys.append(Keys.idempotency(job.tenant, job.idempotency_key))
+                key_index = len(keys)
+            args += [key_index, job.job_id, job.tenant, wire.encode_message(job, sender=sender or wire.origin())]
+        self._enqueue(keys=keys, args=args, client=pipe)
+
     def _enqueue_once(self, jobs: Sequence[JobMessage], todo: list[int], ids: dict[int, str]) -> list[int]:
         ttl = self.settings.queue.result_ttl_s
         max_depth = self.settings.queue.max_depth
@@ -234,16 +271,7 @@ class Producer:
                 lane_jobs = [i for i in todo if jobs[i].priority is lane]
                 for start in range(0, len(lane_jobs), CHUNK):
                     chunk = lane_jobs[start : start + CHUNK]
-                    keys = [wire.queue_key(lane)]
-                    args: list[Any] = [max_depth, ttl]
-                    for i in chunk:
-                        job = jobs[i]
-                        key_index = 0
-                        if job.idempotency_key is not None:
-                            keys.append(Keys.idempotency(job.tenant, job.idempotency_key))
-                            key_index = len(keys)
-                        args += [key_index, job.job_id, wire.encode_message(job, sender=sender)]
-                    self._enqueue(keys=keys, args=args, client=pipe)
+                    self.stage(pipe, lane, [jobs[i] for i in chunk], max_depth=max_depth, ttl_s=ttl, sender=sender)
                     calls.append(chunk)
             replies = pipe.execute()
         rejected = []

@@ -93,9 +93,20 @@ class Keys:
         """The dead-letter record of a job after it was re-driven (kept for audit with a TTL)."""
         return f"{KEY_PREFIX}:dlq:redriven:{job_id}"
 
+    #: job id -> "<lane>\n<tenant>\n<exact queued message>" of every accepted job without a final result
+    LEDGER = f"{KEY_PREFIX}:ledger"
+    #: job id scored by when it was last pushed or began a delivery (Redis TIME, epoch s)
+    LEDGER_SEEN = f"{KEY_PREFIX}:ledger:seen"
+    #: held by the worker whose ledger sweeper runs this interval
+    LEDGER_LOCK = f"{KEY_PREFIX}:ledger:lock"
     DLQ = f"{KEY_PREFIX}:dlq"
     DLQ_INDEX = f"{KEY_PREFIX}:dlq:index"
     HEARTBEAT = f"{KEY_PREFIX}:heartbeat"
+
+
+#: Lua that sets ``now`` to Redis TIME in epoch seconds: every ``Keys.LEDGER_SEEN`` score comes from the Redis
+#: clock (producers and workers alike), so scores compare across hosts whose clocks disagree.
+LUA_NOW = "local t = redis.call('TIME')\nlocal now = t[1] + t[2] / 1000000\n"
 
 
 TenantId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]

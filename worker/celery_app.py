@@ -95,6 +95,20 @@ def _close(**_: Any) -> None:
         _runtime.close()
 
 
+@signals.task_received.connect
+def _mark_received(request: Any = None, **_: Any) -> None:
+    # The message is in kombu's unacked hash now: mark the job alive in the ledger (worker/ledger.py), so one
+    # whose worker dies before starting it is left to kombu's restore rather than also re-queued by the
+    # ledger. Without a runtime in this process (a prefork parent) the touch at processing start does it.
+    rt = _runtime
+    if rt is None or rt.touch is None or request is None or getattr(request, "name", None) != TASK_NAME:
+        return
+    try:
+        rt.touch(request.id)
+    except Exception:  # the consumer must go on; the touch at processing start follows
+        log.warning("could not mark job %s received in the ledger", request.id, exc_info=True)
+
+
 @signals.task_rejected.connect
 def _dead_letter_refused(message: Any = None, exc: BaseException | None = None, **_: Any) -> None:
     # Celery logs and drops a message it will not decode (pickle or any content type outside accept_content,

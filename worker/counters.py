@@ -3,20 +3,35 @@
 Deliveries are counted under the job id, not the Celery message: a worker killed mid-job leaves its count
 open, so the next delivery sees how many earlier ones died (REFERENCE.md §2: count deliveries yourself and
 dead-letter after N). A delivery that reaches a decision closes its count.
+
+Beginning a delivery also touches the job's ledger entry (``Keys.LEDGER_SEEN``, Redis TIME, only if the job
+is still in the ledger), so the ledger sweeper (:mod:`worker.ledger`) knows the job is alive.
 """
 
 from __future__ import annotations
 
 import redis
 
-from producers.contract import Keys
+from producers.contract import LUA_NOW, Keys
 
 _TTL_S = 7 * 24 * 3600
+
+# KEYS: deliveries counter, ledger seen zset. ARGV: ttl_s, job id. Returns the open delivery count.
+_BEGIN_DELIVERY_LUA = (
+    LUA_NOW
+    + """
+local n = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], 'XX', now, ARGV[2])
+return n
+"""
+)
 
 
 class RedisJobCounters:
     def __init__(self, client: redis.Redis) -> None:
         self._r = client
+        self._begin = client.register_script(_BEGIN_DELIVERY_LUA)
 
     def _incr(self, key: str) -> int:
         pipe = self._r.pipeline()
@@ -26,7 +41,7 @@ class RedisJobCounters:
         return int(count)
 
     def begin_delivery(self, job_id: str) -> int:
-        return self._incr(Keys.deliveries(job_id))
+        return int(self._begin(keys=[Keys.deliveries(job_id), Keys.LEDGER_SEEN], args=[_TTL_S, job_id]))
 
     def end_delivery(self, job_id: str) -> None:
         self._r.delete(Keys.deliveries(job_id))

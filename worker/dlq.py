@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 import redis
 from pydantic import BaseModel, ConfigDict, Field
 
-from producers import wire
 from producers.contract import ErrorInfo, JobMessage, Keys
 from producers.errors import ErrorCode, PermanentError
 
@@ -180,7 +179,7 @@ class DeadLetters:
                     )
                     moved = record.model_copy(update={"redriven_to": new_job.job_id, "redriven_at": _now()})
                     pipe.multi()
-                    wire.push(pipe, [new_job])
+                    producer.stage(pipe, new_job.priority, [new_job])  # pushed with its ledger entry
                     pipe.hdel(Keys.DLQ, job_id)
                     pipe.zrem(Keys.DLQ_INDEX, job_id)
                     ttl = producer.settings.queue.result_ttl_s

@@ -199,6 +199,12 @@ class Metrics:
             namespace=NAMESPACE,
             registry=r,
         )
+        self.jobs_requeued_by_ledger_total = Counter(
+            "jobs_requeued_by_ledger",
+            "Jobs the ledger sweeper pushed again: in no lane, no delivery for a grace, no result",
+            namespace=NAMESPACE,
+            registry=r,
+        )
         self._depth: RedisDepthCollector | None = None
         self._lock = threading.Lock()
 

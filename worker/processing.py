@@ -165,9 +165,9 @@ class JobProcessor:
             self.counters.end_delivery(job.job_id)
             return Finished(existing, duplicate=True)
 
-        # A job whose earlier deliveries died is retried in its own process alongside other jobs; on its
-        # last delivery before it would be dead-lettered it runs alone, so a poison job can no longer take
-        # an innocent batch-mate down with it every time (which would dead-letter both).
+        # Jobs redelivered after a crash come back together. On its last delivery before it would be
+        # dead-lettered, a job runs alone in this process, so a poison job cannot take an innocent
+        # batch-mate down with it on every delivery (which would dead-letter both).
         prior = self.counters.open_deliveries(job.job_id)
         last_chance = 0 < prior == self.retry.max_deliveries - 1
         with self.isolation.exclusive() if last_chance else self.isolation.shared():

@@ -3,7 +3,8 @@
 :class:`RedisResultStore` writes each final result once, atomically, in one Lua script: ``SET NX EX`` of
 ``Keys.result(tenant, job_id)`` (the first final result wins — a redelivered job cannot replace it), the
 tenant's recent-results index (a sorted set scored by ``finished_at``, trimmed to ``index_max`` and to the
-TTL), and a ``PUBLISH`` of the job id on ``Keys.notify(tenant)`` for producers waiting on it.
+TTL), a ``PUBLISH`` of the job id on ``Keys.notify(tenant)`` for producers waiting on it, and the removal of
+the job from the ledger of unfinished jobs (``Keys.LEDGER``/``LEDGER_SEEN``, see :mod:`worker.ledger`).
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ from producers.errors import ErrorCode, TransientError
 
 log = logging.getLogger(__name__)
 
-# KEYS: result, tenant index. ARGV: result JSON, ttl_s, score (finished_at, epoch s), index_max, job id,
-# channel. Returns nil when this result was stored, else the result already stored.
+# KEYS: result, tenant index, ledger hash, ledger seen zset. ARGV: result JSON, ttl_s, score (finished_at,
+# epoch s), index_max, job id, channel. Returns nil when this result was stored, else the result already
+# stored. Either way the job leaves the ledger: it has its final result (worker/ledger.py).
 _PUT_FINAL_LUA = """
 local ttl = tonumber(ARGV[2])
+redis.call('HDEL', KEYS[3], ARGV[5])
+redis.call('ZREM', KEYS[4], ARGV[5])
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ttl) then
   return redis.call('GET', KEYS[1])
 end
@@ -54,7 +58,12 @@ class RedisResultStore:
 
         try:
             existing = self._put(
-                keys=[Keys.result(result.tenant, result.job_id), Keys.tenant_index(result.tenant)],
+                keys=[
+                    Keys.result(result.tenant, result.job_id),
+                    Keys.tenant_index(result.tenant),
+                    Keys.LEDGER,
+                    Keys.LEDGER_SEEN,
+                ],
                 args=[
                     result.model_dump_json(),
                     self.ttl_s,

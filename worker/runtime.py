@@ -47,6 +47,8 @@ class WorkerRuntime:
     redis: Any
     dead_letters: Any
     telemetry: Any
+    ledger: Any = None  # the SweepThread re-queueing lost jobs (worker/ledger.py); None when disabled
+    touch: Any = None  # marks a job alive in the ledger when this worker gets it (worker/ledger.Toucher)
 
     @classmethod
     def start(cls, settings: WorkerSettings) -> WorkerRuntime:
@@ -54,6 +56,7 @@ class WorkerRuntime:
         from worker.engine import Engine
         from worker.fetch.router import build_fetcher
         from worker.fetch.s3 import make_s3_client
+        from worker.ledger import LedgerSweeper, SweepThread, Toucher
         from worker.ratelimit import RedisRateLimiter
         from worker.results import RedisResultStore, S3ResultSink, SinkingResultStore
         from worker.telemetry import Telemetry
@@ -90,12 +93,18 @@ class WorkerRuntime:
         )
         log.info("worker ready: %s on %s, batch<=%d wait<=%.0fms", engine.spec.ref, engine.device,
                  policy.max_size, settings.batch.max_wait_ms)
-        return cls(settings, engine, loop, processor, client, dead_letters, telemetry)
+        ledger = None
+        if settings.ledger.sweep_interval_s > 0:
+            sweeper = LedgerSweeper(client, grace_s=settings.ledger.grace_s, batch=settings.ledger.batch)
+            ledger = SweepThread(sweeper, settings.ledger.sweep_interval_s, on_report=telemetry.ledger_swept).start()
+        return cls(settings, engine, loop, processor, client, dead_letters, telemetry, ledger, Toucher(client))
 
     def process(self, job: JobMessage, lane: str | None = None, reserved: frozenset[str] = frozenset()) -> Decision:
         """Run one job; store errors surface as TransientError(UNAVAILABLE) for the adapter to requeue."""
         with self.telemetry.job(lane):
             try:
+                if self.touch is not None:
+                    self.touch(job.job_id)
                 decision = self.processor.process(job, reserved)
             except FakesakeError:
                 raise
@@ -122,6 +131,8 @@ class WorkerRuntime:
         return deliver_once(self.settings, result, url, attempt, self.telemetry)
 
     def close(self) -> None:
+        if self.ledger is not None:
+            self.ledger.stop()
         self.loop.stop()
         self.telemetry.stop()
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from producers.contract import JobResult
 from worker import health, metrics
+from worker.ledger import SweepReport
 from worker.processing import Decision, Finished, RetryLater
 from worker.settings import WorkerSettings
 
@@ -79,6 +80,10 @@ class Telemetry:
 
     def invalid(self) -> None:
         self.metrics.job_finished("error", "invalid-job", "unknown")
+
+    def ledger_swept(self, report: SweepReport) -> None:
+        if report.requeued:
+            self.metrics.jobs_requeued_by_ledger_total.inc(report.requeued)
 
     def webhook(self, outcome: str) -> None:
         self.metrics.webhook_deliveries_total.labels(outcome=outcome).inc()

@@ -246,7 +246,8 @@ def check(
 
 
 def untraced(client: redis.Redis, tenant: str, job_ids: Iterable[str]) -> list[str]:
-    """Jobs of ``job_ids`` that are nowhere: in no lane, not in kombu's unacked hash, never started."""
+    """Jobs of ``job_ids`` that are nowhere: in no lane, not in kombu's unacked hash, never started, and not
+    in the ledger (whose sweeper re-queues a job lost in transit, worker/ledger.py)."""
     from producers.contract import ALL_QUEUES
 
     held = [*(m for q in ALL_QUEUES for m in client.lrange(q, 0, -1)), *client.hvals("unacked")]
@@ -255,4 +256,5 @@ def untraced(client: redis.Redis, tenant: str, job_ids: Iterable[str]) -> list[s
         for j in job_ids
         if not any(j.encode() in m for m in held)
         and not client.exists(Keys.deliveries(j), Keys.attempts(j), Keys.result(tenant, j))
+        and not client.hexists(Keys.LEDGER, j)
     ]

@@ -35,6 +35,8 @@ BASE_ENV = {
     "FAKESAKE_BATCH__PREPARE_THREADS": "4",
     "FAKESAKE_REDIS__VISIBILITY_TIMEOUT_S": "6",
     "FAKESAKE_RATE_LIMIT__MAX_DEFER_S": "2",  # must stay below the visibility timeout
+    "FAKESAKE_LEDGER__GRACE_S": "12",  # above visibility timeout + restore interval: kombu restores first
+    "FAKESAKE_LEDGER__SWEEP_INTERVAL_S": "2",
     "FAKESAKE_RETRY__BACKOFF_BASE_S": "0.2",
     "FAKESAKE_RETRY__BACKOFF_MAX_S": "1",
     "FAKESAKE_RETRY__MAX_ATTEMPTS": "8",

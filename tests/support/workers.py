@@ -52,6 +52,8 @@ def worker_env(
         "FAKESAKE_RETRY__BACKOFF_MAX_S": "1",
         "FAKESAKE_REDIS__VISIBILITY_TIMEOUT_S": "8",
         "FAKESAKE_RATE_LIMIT__MAX_DEFER_S": "2",
+        "FAKESAKE_LEDGER__GRACE_S": "12",  # above the visibility timeout; lost jobs come back within ~14 s
+        "FAKESAKE_LEDGER__SWEEP_INTERVAL_S": "2",
         "FAKESAKE_METRICS__PORT": "0",
         "FAKESAKE_LOG__LEVEL": "INFO",
     }
