@@ -58,15 +58,15 @@ def make_s3_client(
         read_timeout=read_timeout_s,
         max_pool_connections=max_pool_connections,
     )
-    credentials: dict[str, str] = {}
+    key_id = secret = None  # None: boto3's default credential chain
     if s3.access_key_id is not None and s3.secret_access_key is not None:
-        credentials = {
-            "aws_access_key_id": s3.access_key_id.get_secret_value(),
-            "aws_secret_access_key": s3.secret_access_key.get_secret_value(),
-        }
+        key_id, secret = s3.access_key_id.get_secret_value(), s3.secret_access_key.get_secret_value()
     # A session of our own: the default session is shared module state and sessions are not thread-safe.
     session = boto3.session.Session()
-    return session.client("s3", endpoint_url=s3.endpoint_url, region_name=s3.region, config=config, **credentials)
+    return session.client(
+        "s3", endpoint_url=s3.endpoint_url, region_name=s3.region, config=config,
+        aws_access_key_id=key_id, aws_secret_access_key=secret,
+    )
 
 
 def s3_error(exc: BaseException, what: str) -> FakesakeError:
