@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from tests.support.servers import HttpServer, RedisServer, S3Server, http_server, redis_server, s3_server
 
@@ -30,12 +31,18 @@ def redis_srv() -> Iterator[RedisServer]:
 @pytest.fixture()
 def redis_url(redis_srv: RedisServer) -> Iterator[str]:
     """A clean database of the session's redis-server for each test."""
-    import redis
-
-    client = redis.Redis.from_url(redis_srv.url)
-    client.flushall()
-    client.close()
+    flusher = redis.Redis.from_url(redis_srv.url)
+    flusher.flushall()
+    flusher.close()
     yield redis_srv.url
+
+
+@pytest.fixture()
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    """A client of the clean database given by ``redis_url``."""
+    c = redis.Redis.from_url(redis_url)
+    yield c
+    c.close()
 
 
 @pytest.fixture(scope="session")

@@ -20,13 +20,6 @@ POISON = ErrorInfo(code="poison", message="killed its worker 3 times")
 
 
 @pytest.fixture()
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(redis_url)
-    yield c
-    c.close()
-
-
-@pytest.fixture()
 def producer(redis_url: str) -> Iterator[Producer]:
     p = Producer(ProducerSettings(redis=RedisSettings(url=redis_url), queue=QueueSettings(max_depth=2)))
     yield p

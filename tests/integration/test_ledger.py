@@ -25,13 +25,6 @@ LANE = wire.queue_key(Priority.INTERACTIVE)
 
 
 @pytest.fixture()
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(redis_url)
-    yield c
-    c.close()
-
-
-@pytest.fixture()
 def producer(redis_url: str) -> Iterator[Producer]:
     p = Producer(ProducerSettings(redis=RedisSettings(url=redis_url), queue=QueueSettings(max_depth=3)))
     yield p

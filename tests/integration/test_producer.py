@@ -31,13 +31,6 @@ def producer(redis_url: str) -> Iterator[Producer]:
     p.close()
 
 
-@pytest.fixture()
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(redis_url)
-    yield c
-    c.close()
-
-
 def test_submit_queues_one_celery_message(producer: Producer, client: redis.Redis) -> None:
     job_id = producer.submit(
         "https://example.com/a.jpg",

@@ -6,7 +6,6 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -16,13 +15,6 @@ from producers.contract import ErrorInfo, JobResult, Keys, Status
 from producers.errors import ErrorCode, TransientError
 from tests.support.servers import S3Server, free_port
 from worker.results import RedisResultStore, S3ResultSink, SinkingResultStore
-
-
-@pytest.fixture()
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(redis_url)
-    yield c
-    c.close()
 
 
 def _result(
