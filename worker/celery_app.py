@@ -148,8 +148,11 @@ def classify(self: Task, payload: dict[str, Any], rate_reserved: list[str] | Non
             log.warning("cannot finish job now (%s); returning it to the queue", exc.code)
             raise Reject(str(exc), requeue=True) from exc
         if isinstance(decision, Finished):
-            # Error results too: a caller waiting on its callback must hear that the job failed.
-            if job.callback_url and not decision.duplicate:
+            # Error results too: a caller waiting on its callback must hear that the job failed. Duplicates
+            # too: a worker that died after storing the result but before queueing its webhook leaves only
+            # this redelivery to send it. Webhooks are therefore at-least-once; receivers dedupe on the
+            # X-Fakesake-Job-Id header.
+            if job.callback_url:
                 deliver_webhook.apply_async(
                     args=[decision.result.model_dump(mode="json"), job.callback_url],
                     queue=self.request.delivery_info.get("routing_key") or ALL_QUEUES[0],

@@ -515,7 +515,9 @@ def test_tenant_rate_limit_holds_across_two_workers(
     record_property("rate_limit_span_s", round(span, 2))
     assert span >= (n - 1) / rate * 0.95
     assert 0.7 * rate <= measured <= 1.05 * rate
-    assert busiest <= rate + 1, "no 1 s window admits more than rate + burst"
+    # Grants are 1/rate apart; the start of processing adds scheduling jitter (a countdown fires a few ms
+    # late), which can move one more start into a window: rate + burst + 1.
+    assert busiest <= rate + 2, "no 1 s window admits more than rate + burst (+1 for start-time jitter)"
     assert all(count > 0 for count in per_worker), "both workers took part"
 
 
