@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from producers.contract import ErrorInfo, JobMessage, JobResult, Status, Timings
 from producers.errors import ErrorCode, FakesakeError, PermanentError, TransientError, as_fakesake_error
-from worker.fetch.ssrf import redact_url as redact
+from producers.redaction import redact_url as redact
 from worker.models.registry import DetectorSpec, Thresholds
 from worker.protocols import RateLimiter, ResultStore
 from worker.verdict import verdict

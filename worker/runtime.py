@@ -20,7 +20,7 @@ from producers.errors import ErrorCode, FakesakeError, TransientError
 from worker.batching import BatchPolicy
 from worker.counters import RedisJobCounters
 from worker.inference_loop import InferenceLoop
-from worker.processing import Decision, Finished, JobProcessor, RateLimitPolicy, RetryPolicy
+from worker.processing import Decision, JobProcessor, RateLimitPolicy, RetryPolicy
 from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -142,5 +142,3 @@ def _is_redis_error(exc: BaseException) -> bool:
 
     return isinstance(exc, redis.RedisError | ConnectionError | TimeoutError)
 
-
-__all__ = ["BoundedPreparer", "Finished", "WorkerRuntime"]
