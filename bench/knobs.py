@@ -206,6 +206,12 @@ def engine_rows(ctx: Context, weights: Any) -> list[Row]:
     rows += _engine_table(
         ctx, weights, {str(n): {"batch": {"prepare_threads": n}} for n in (1, 2, 4)}, "prepare threads"
     )
+    rows += _engine_table(
+        ctx,
+        weights,
+        {"exact": {}, "tensor (torch JPEG decode + resize, opt-in)": {"model": {"preprocess": "tensor"}}},
+        "preprocess",
+    )
     return rows
 
 

@@ -6,10 +6,11 @@ inside Redis — checks the idempotency key, checks the lane's depth against ``q
 happen in the same script, a producer that crashes mid-call leaves either both or neither: never a key
 that points at a job that was never queued, nor a queued job whose key was lost.
 
-The same script records each pushed job in the ledger (``Keys.LEDGER``: lane, tenant and the exact message;
-``Keys.LEDGER_SEEN``: Redis TIME of the push). The result store removes the entry with the final result, and
-``worker.ledger`` re-pushes entries that are neither queued, nor being processed, nor finished — the message
-a SIGKILLed worker had popped with BRPOP before kombu recorded it (docs/RELIABILITY.md).
+The same script records each pushed job in the ledger (``Keys.LEDGER``: job id -> the job's fields as
+compact JSON, :func:`producers.wire.encode`, from which the same message is rebuilt; ``Keys.LEDGER_SEEN``:
+Redis TIME of the push). The result store removes the entry with the final result, and ``worker.ledger``
+re-pushes entries that are neither queued, nor being processed, nor finished — the message a SIGKILLed worker
+had popped with BRPOP before kombu recorded it (docs/RELIABILITY.md).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ _TENANT = TypeAdapter(TenantId)
 
 # KEYS[1] = lane list, KEYS[2] = ledger hash, KEYS[3] = ledger seen zset, KEYS[4..] = idempotency keys.
 # ARGV = max_depth (-1: unchecked), ttl_s, then per job (index into KEYS of its idempotency key or 0, job id,
-# tenant, message). Returns per job: status, job id. A known idempotency key wins over a full queue:
+# message, ledger value). Returns per job: status, job id. A known idempotency key wins over a full queue:
 # resubmitting an accepted job is never refused.
 _ENQUEUE_LUA = (
     LUA_NOW
@@ -59,8 +60,8 @@ for i = 3, #ARGV, 4 do
     out[#out + 1] = 'full'; out[#out + 1] = job_id
   else
     if k > 0 then redis.call('SET', KEYS[k], job_id, 'EX', ttl) end
-    redis.call('LPUSH', KEYS[1], ARGV[i + 3])
-    redis.call('HSET', KEYS[2], job_id, KEYS[1] .. '\\n' .. ARGV[i + 2] .. '\\n' .. ARGV[i + 3])
+    redis.call('LPUSH', KEYS[1], ARGV[i + 2])
+    redis.call('HSET', KEYS[2], job_id, ARGV[i + 3])
     redis.call('ZADD', KEYS[3], now, job_id)
     depth = depth + 1
     out[#out + 1] = 'new'; out[#out + 1] = job_id
@@ -243,7 +244,6 @@ class Producer:
         *,
         max_depth: int | None = None,
         ttl_s: int | None = None,
-        sender: str | None = None,
     ) -> None:
         """Queue one enqueue-script call for ``jobs`` (all of ``lane``) on the pipeline ``pipe``.
 
@@ -258,20 +258,20 @@ class Producer:
             if job.idempotency_key is not None:
                 keys.append(Keys.idempotency(job.tenant, job.idempotency_key))
                 key_index = len(keys)
-            args += [key_index, job.job_id, job.tenant, wire.encode_message(job, sender=sender or wire.origin())]
+            message, stored = wire.encode(job)
+            args += [key_index, job.job_id, message, stored]
         self._enqueue(keys=keys, args=args, client=pipe)
 
     def _enqueue_once(self, jobs: Sequence[JobMessage], todo: list[int], ids: dict[int, str]) -> list[int]:
         ttl = self.settings.queue.result_ttl_s
         max_depth = self.settings.queue.max_depth
-        sender = wire.origin()
         calls: list[list[int]] = []
         with self.redis.pipeline(transaction=False) as pipe:
             for lane in Priority:
                 lane_jobs = [i for i in todo if jobs[i].priority is lane]
                 for start in range(0, len(lane_jobs), CHUNK):
                     chunk = lane_jobs[start : start + CHUNK]
-                    self.stage(pipe, lane, [jobs[i] for i in chunk], max_depth=max_depth, ttl_s=ttl, sender=sender)
+                    self.stage(pipe, lane, [jobs[i] for i in chunk], max_depth=max_depth, ttl_s=ttl)
                     calls.append(chunk)
             replies = pipe.execute()
         rejected = []

@@ -93,7 +93,7 @@ class Keys:
         """The dead-letter record of a job after it was re-driven (kept for audit with a TTL)."""
         return f"{KEY_PREFIX}:dlq:redriven:{job_id}"
 
-    #: job id -> "<lane>\n<tenant>\n<exact queued message>" of every accepted job without a final result
+    #: job id -> the job's fields (``producers.wire.encode``) of every accepted job without a final result
     LEDGER = f"{KEY_PREFIX}:ledger"
     #: job id scored by when it was last pushed or began a delivery (Redis TIME, epoch s)
     LEDGER_SEEN = f"{KEY_PREFIX}:ledger:seen"

@@ -16,7 +16,7 @@ import sys
 import threading
 from typing import Any
 
-from celery import Celery, Task, signals
+from celery import Celery, Task, bootsteps, signals
 from celery.exceptions import Reject
 from kombu.entity import Queue
 from pydantic import ValidationError
@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from producers.connections import broker_url, celery_ssl_options
 from producers.contract import ALL_QUEUES, TASK_NAME, WEBHOOK_TASK_NAME, JobMessage, JobResult
 from producers.errors import ErrorCode, FakesakeError
+from worker.broker import TRANSPORT_PATH
 from worker.logs import job_context
 from worker.processing import Finished
 from worker.settings import WorkerSettings
@@ -36,6 +37,7 @@ def celery_config(settings: WorkerSettings) -> dict[str, Any]:
     vt = settings.redis.visibility_timeout_s
     return {
         "broker_url": broker_url(settings.redis),
+        "broker_transport": TRANSPORT_PATH,  # kombu's Redis transport, fixed to survive a Redis restart
         "broker_use_ssl": celery_ssl_options(settings.redis),
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {
@@ -87,6 +89,38 @@ def _load_at_start(sender: Any = None, **_: Any) -> None:
     pool = getattr(sender, "pool_cls", "")
     if "prefork" not in str(pool).lower():
         runtime()
+
+
+class ConsumerTick(bootsteps.StartStopStep):  # type: ignore[misc]  # celery ships no type hints
+    """Reports, every heartbeat interval, that the consumer's event loop runs (worker.health's liveness).
+
+    The entry lives on the consumer's timer, which only the event loop fires: a consumer that stopped or
+    wedged stops ticking. Celery cancels a failed connection's timer entries and calls ``start`` again on
+    every reconnect, so the tick follows the consumer through restarts.
+    """
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        self._entry: Any = None
+        super().__init__(parent, **kwargs)
+
+    def start(self, c: Any) -> None:
+        rt = _runtime
+        if rt is None or c.timer is None:  # a prefork parent has no runtime; tick nothing rather than lie
+            return
+        rt.telemetry.consumer_tick()
+        self._entry = c.timer.call_repeatedly(rt.settings.metrics.heartbeat_interval_s, rt.telemetry.consumer_tick)
+
+    def stop(self, c: Any) -> None:
+        if self._entry is not None:
+            self._entry.cancel()
+            self._entry = None
+
+    shutdown = stop
+
+
+app.steps["consumer"].add(ConsumerTick)
 
 
 @signals.worker_shutdown.connect

@@ -4,8 +4,10 @@ Deliveries are counted under the job id, not the Celery message: a worker killed
 open, so the next delivery sees how many earlier ones died (REFERENCE.md §2: count deliveries yourself and
 dead-letter after N). A delivery that reaches a decision closes its count.
 
-Beginning a delivery also touches the job's ledger entry (``Keys.LEDGER_SEEN``, Redis TIME, only if the job
-is still in the ledger), so the ledger sweeper (:mod:`worker.ledger`) knows the job is alive.
+Reading the open deliveries when a job arrives (before it may wait at the isolation gate) and beginning a
+delivery both touch the job's ledger entry (``Keys.LEDGER_SEEN``, Redis TIME, only if the job is still in the
+ledger), so the ledger sweeper (:mod:`worker.ledger`) knows the job is alive. Each is one script, one round
+trip: the touch rides along instead of costing a Redis call of its own per job.
 """
 
 from __future__ import annotations
@@ -27,11 +29,21 @@ return n
 """
 )
 
+# KEYS: deliveries counter, ledger seen zset. ARGV: job id. Returns the open delivery count (nothing counted).
+_ARRIVE_LUA = (
+    LUA_NOW
+    + """
+redis.call('ZADD', KEYS[2], 'XX', now, ARGV[1])
+return tonumber(redis.call('GET', KEYS[1]) or '0')
+"""
+)
+
 
 class RedisJobCounters:
     def __init__(self, client: redis.Redis) -> None:
         self._r = client
         self._begin = client.register_script(_BEGIN_DELIVERY_LUA)
+        self._arrive = client.register_script(_ARRIVE_LUA)
 
     def _incr(self, key: str) -> int:
         pipe = self._r.pipeline()
@@ -47,8 +59,8 @@ class RedisJobCounters:
         self._r.delete(Keys.deliveries(job_id))
 
     def open_deliveries(self, job_id: str) -> int:
-        value = self._r.get(Keys.deliveries(job_id))
-        return int(value) if value else 0
+        """Deliveries begun and not completed; also touches the job's ledger entry (it has arrived here)."""
+        return int(self._arrive(keys=[Keys.deliveries(job_id), Keys.LEDGER_SEEN], args=[job_id]))
 
     def next_attempt(self, job_id: str) -> int:
         return self._incr(Keys.attempts(job_id))

@@ -25,9 +25,9 @@ import torch
 
 from producers.contract import Band, ErrorInfo, Label, Status, Timings
 from producers.errors import ConfigError, FakesakeError, as_fakesake_error
-from worker.imaging import DecodePolicy, decode
+from worker.imaging import DecodePolicy
 from worker.models.registry import DetectorSpec, Thresholds
-from worker.preprocess import to_tensor
+from worker.preprocess import from_bytes
 from worker.protocols import Classifier, Fetcher
 from worker.verdict import verdict
 
@@ -151,16 +151,14 @@ class Engine:
         classifier: Classifier
         backend = model.backend
         if backend == "auto":
-            # ORT is ~2x torch per core on CPU (python -m bench --only knobs) but its scores differ from the
-            # published pipeline by up to ~2e-5, over the 1e-5 that `exact` promises: only `fast` uses it.
-            cpu_fast = detector.device.type == "cpu" and model.preprocess == "fast"
-            backend = "onnx" if cpu_fast and find_spec("onnxruntime") else "torch"
+            backend = "onnx" if detector.device.type == "cpu" and find_spec("onnxruntime") else "torch"
         if backend == "onnx":
             from worker.backends.onnx import OnnxClassifier
 
-            # All cores: measured faster end to end than half of them on an otherwise idle 2-core machine, even
-            # with decode overlapped (bench knobs "backend onnx N threads"; ORT threads do not spin).
-            classifier = OnnxClassifier(detector, threads=model.threads or os.cpu_count() or 1)
+            # Half the cores by default: the prepare threads decode on the rest, and at 1024^2 JPEG decode and
+            # model cost about the same per core. On the shared 2-core machine, engine img/s interleaved over 5
+            # passes: 1 ORT thread median 14.1 vs 2 threads 9.5 (1 thread ahead in 4 of 5; load was heavy).
+            classifier = OnnxClassifier(detector, threads=model.threads or max(1, (os.cpu_count() or 2) // 2))
         else:
             classifier = TorchClassifier(detector)
         log.info("model backend %s (setting %s) on %s", backend, model.backend, detector.device)
@@ -194,7 +192,7 @@ class Engine:
         fetched = self.fetcher.fetch(source, version=version)
         spent["fetch_ms"] = _ms(start)
         start = time.perf_counter()
-        tensor = to_tensor(decode(fetched.data, self.decode_policy), self.spec.preprocessing)
+        tensor = from_bytes(fetched.data, self.decode_policy, self.spec.preprocessing)
         spent["decode_ms"] = _ms(start)
         return Prepared(tensor=tensor, fetch_ms=spent["fetch_ms"], decode_ms=spent["decode_ms"])
 

@@ -4,6 +4,12 @@
   batch (or a blocked task) must not get the pod killed, while a wedged process (heartbeat stopped) must.
   The thread also rewrites a small JSON heartbeat file, so a probe can check health without HTTP.
 * Readiness = the model is loaded AND Redis answered a ping recently AND the heartbeat is fresh.
+* Both also fail once the Celery consumer's event loop has stopped ticking for ``consumer_stall_s``
+  (:meth:`HealthState.consumer_tick`, driven by a consumer bootstep in ``worker.celery_app``). A worker whose
+  consumer died or wedged (Celery's "Unrecoverable error", a reconnect that never comes back) keeps its
+  heartbeat thread alive but takes no more jobs; this is what gets it restarted. The threshold is long
+  (default 120 s) because the loop also stops while Celery retries a lost broker connection, and a restart
+  does not help a Redis outage.
 * A stdlib HTTP server in a daemon thread answers ``/livez`` and ``/readyz`` (``/healthz`` = ``/livez``)
   with 200 or 503 and a JSON body.
 * :func:`check` is what ``fakesake health [--live|--ready] [--url URL | --file PATH]`` runs (exit 0 / 1).
@@ -15,6 +21,7 @@ No torch here.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -42,6 +49,7 @@ PATHS: dict[Kind, str] = {"live": LIVE_PATH, "ready": READY_PATH}
 
 EXIT_HEALTHY = 0
 EXIT_UNHEALTHY = 1  # Docker HEALTHCHECK reserves 2: every failure exits 1
+EXIT_CONSUMER_STALLED = 70  # EX_SOFTWARE: a worker that ended itself because its consumer stalled
 
 
 def judge(snapshot: Mapping[str, Any], kind: Kind, max_age_s: float, now: float) -> tuple[bool, str]:
@@ -52,6 +60,9 @@ def judge(snapshot: Mapping[str, Any], kind: Kind, max_age_s: float, now: float)
     age = now - float(beat)
     if age > max_age_s:
         return False, f"heartbeat is {age:.1f}s old (max {max_age_s:g}s)"
+    stalled = consumer_stall(snapshot, now)
+    if stalled is not None:
+        return False, stalled
     if kind == "live":
         return True, f"heartbeat {age:.1f}s ago"
     if not snapshot.get("model_loaded"):
@@ -68,6 +79,17 @@ def judge(snapshot: Mapping[str, Any], kind: Kind, max_age_s: float, now: float)
     return True, f"model {snapshot.get('model') or '?'} loaded, redis answered {redis_age:.1f}s ago"
 
 
+def consumer_stall(snapshot: Mapping[str, Any], now: float) -> str | None:
+    """Why the Celery consumer counts as stalled, or None (also None before its first tick or with no limit)."""
+    tick, stall_s = snapshot.get("consumer_tick_at"), snapshot.get("consumer_stall_s")
+    if tick is None or not stall_s or now - float(tick) <= float(stall_s):
+        return None
+    return (
+        f"the Celery consumer loop last ran {now - float(tick):.1f}s ago (max {float(stall_s):g}s): "
+        "it stopped, is wedged, or cannot reach the broker"
+    )
+
+
 @dataclass
 class HealthState:
     """What the probes look at. Thread-safe; written by the heartbeat and the model loader."""
@@ -78,6 +100,8 @@ class HealthState:
     last_heartbeat: float | None = None
     redis_ok_at: float | None = None
     redis_error: str | None = None
+    consumer_stall_s: float | None = None  # None: no consumer check (scan, tests, a prefork parent)
+    consumer_tick_at: float | None = None  # None until the consumer's event loop first runs
     started_at: float = field(init=False)
     _lock: threading.Lock = field(init=False, repr=False, default_factory=threading.Lock)
 
@@ -100,6 +124,11 @@ class HealthState:
             else:
                 self.redis_error = error or "redis ping failed"
 
+    def consumer_tick(self) -> None:
+        """The Celery consumer's event loop is running (called from it every few seconds)."""
+        with self._lock:
+            self.consumer_tick_at = self.clock()
+
     def snapshot(self) -> dict[str, Any]:
         """JSON-ready view (also the heartbeat file's content)."""
         with self._lock:
@@ -111,10 +140,23 @@ class HealthState:
                 "model": self.model_ref,
                 "redis_ok_at": self.redis_ok_at,
                 "redis_error": self.redis_error,
+                "consumer_tick_at": self.consumer_tick_at,
+                "consumer_stall_s": self.consumer_stall_s,
             }
 
     def evaluate(self, kind: Kind, max_age_s: float) -> tuple[bool, str]:
         return judge(self.snapshot(), kind, max_age_s, self.clock())
+
+
+def exit_process(reason: str) -> None:
+    """``on_stall`` for a worker process: log, flush the logs, and end the process at once (exit 70,
+    EX_SOFTWARE) so its supervisor starts a fresh one. Not ``sys.exit``: a wedged Celery may never unwind.
+    Its unacked jobs return through kombu's visibility timeout and the ledger, as after any crash."""
+    log.critical("exiting: %s", reason)
+    for handler in logging.getLogger().handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()
+    os._exit(EXIT_CONSUMER_STALLED)
 
 
 def write_heartbeat_file(path: Path, snapshot: Mapping[str, Any]) -> None:
@@ -133,7 +175,8 @@ class Heartbeat(threading.Thread):
     """Daemon thread: every ``interval_s`` record a beat, rewrite the heartbeat file, ping Redis.
 
     ``ping`` is any callable that raises when Redis does not answer (``redis.Redis.ping``); its client's
-    socket timeout bounds how long one beat can take.
+    socket timeout bounds how long one beat can take. ``on_stall`` is called once, with the reason, when the
+    consumer counts as stalled (:func:`consumer_stall`).
     """
 
     def __init__(
@@ -142,6 +185,7 @@ class Heartbeat(threading.Thread):
         ping: Callable[[], object] | None = None,
         path: str | Path | None = None,
         interval_s: float = 5.0,
+        on_stall: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__(name="fakesake-heartbeat", daemon=True)
         self.state = state
@@ -150,6 +194,7 @@ class Heartbeat(threading.Thread):
         self._interval_s = interval_s
         self._halt = threading.Event()
         self._file_warned = False
+        self._on_stall = on_stall
 
     def beat_once(self) -> None:
         """One beat; the file is written before and after the ping so a slow Redis never ages liveness."""
@@ -163,6 +208,11 @@ class Heartbeat(threading.Thread):
             else:
                 self.state.record_redis(True)
             self._write()
+        if self._on_stall is not None:
+            stalled = consumer_stall(self.state.snapshot(), self.state.clock())
+            if stalled is not None:
+                on_stall, self._on_stall = self._on_stall, None  # once
+                on_stall(stalled)
 
     def _write(self) -> None:
         if self._path is None:
@@ -249,15 +299,24 @@ class HealthService:
 
 
 def start_health(
-    settings: MetricsSettings, ping: Callable[[], object] | None, state: HealthState | None = None
+    settings: MetricsSettings,
+    ping: Callable[[], object] | None,
+    state: HealthState | None = None,
+    on_stall: Callable[[str], None] | None = None,
 ) -> HealthService:
     """Start the heartbeat and (unless ``health_port`` is 0) the HTTP server; call at worker start.
+
+    ``on_stall`` (see :class:`Heartbeat`) is used only when ``settings.exit_on_consumer_stall`` is on.
 
     Then ``service.state.mark_model_loaded("name@version")`` once the model is loaded.
     """
     state = HealthState() if state is None else state
+    state.consumer_stall_s = settings.consumer_stall_s or None
     state.beat()  # alive from the first probe on; the thread's first beat follows at once
-    heartbeat = Heartbeat(state, ping, settings.heartbeat_file, settings.heartbeat_interval_s)
+    heartbeat = Heartbeat(
+        state, ping, settings.heartbeat_file, settings.heartbeat_interval_s,
+        on_stall=on_stall if settings.exit_on_consumer_stall else None,
+    )
     heartbeat.start()
     server = None
     if settings.health_port:

@@ -33,16 +33,22 @@ the DCT-domain downscale.
 domain, choosing the largest reduction that keeps both sides >= ``draft_factor * target_px``. Small JPEGs
 (under twice that size) are decoded in full, as are all other formats. The score difference this makes is
 measured by ``bench/fast_mode.py`` (figures in its docstring).
+
+``tensor`` mode: this module decodes exactly as in ``exact``; ``worker.preprocess.from_bytes`` takes plain
+JPEGs (Pillow mode RGB or L) past it to a torch decode + resize (see there). Decoding goes through
+:func:`open_checked` first either way, so limits and error codes do not depend on the mode.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
 import struct
 import warnings
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -68,7 +74,7 @@ _WIDE_GREY_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
 # What Pillow's plugins raise on damaged data. Anything else is a bug and becomes ``internal`` upstream.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error, zlib.error)
 
-DecodeMode = Literal["exact", "fast"]
+DecodeMode = Literal["exact", "tensor", "fast"]
 
 
 @dataclass(frozen=True)
@@ -85,8 +91,8 @@ class DecodePolicy:
     def __post_init__(self) -> None:
         if self.max_pixels < 1:
             raise ValueError("max_pixels must be >= 1")
-        if self.mode not in ("exact", "fast"):
-            raise ValueError(f"mode must be 'exact' or 'fast', got {self.mode!r}")
+        if self.mode not in ("exact", "tensor", "fast"):
+            raise ValueError(f"mode must be 'exact', 'tensor' or 'fast', got {self.mode!r}")
         if self.target_px < 1 or self.draft_factor < 1:
             raise ValueError("target_px and draft_factor must be >= 1")
         unknown = [f for f in self.formats if f != f.upper()]
@@ -96,26 +102,8 @@ class DecodePolicy:
 
 def decode(data: bytes, policy: DecodePolicy) -> Image.Image:
     """Decode ``data`` into a fully loaded RGB image, or raise :class:`PermanentError` with a code."""
-    if policy.max_bytes is not None and len(data) > policy.max_bytes:
-        raise PermanentError(
-            ErrorCode.TOO_LARGE, f"image is {len(data)} bytes, more than the limit of {policy.max_bytes}"
-        )
-    if not data:
-        raise PermanentError(ErrorCode.NOT_AN_IMAGE, "empty input (0 bytes)")
-    if ImageFile.LOAD_TRUNCATED_IMAGES:
-        # Someone flipped Pillow's global: we would hand half-grey images to the model. Refuse loudly.
-        raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True; fakesake requires it False")
-    with warnings.catch_warnings():
-        # Defence in depth: the explicit max_pixels check below is the real guard (catch_warnings is
-        # process-global state, so under threads this filter may briefly leak; it only ever adds "error").
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        img = _open(data, policy)
-        width, height = img.size
-        if width * height > policy.max_pixels:
-            raise PermanentError(
-                ErrorCode.TOO_MANY_PIXELS,
-                f"image is {width}x{height} = {width * height} pixels, more than the limit of {policy.max_pixels}",
-            )
+    with _bomb_guard():
+        img = open_checked(data, policy)
         if policy.mode == "fast" and img.format in _JPEG_FORMATS:
             side = policy.draft_factor * policy.target_px
             img.draft("RGB", (side, side))
@@ -128,6 +116,41 @@ def decode(data: bytes, policy: DecodePolicy) -> Image.Image:
                 ErrorCode.CORRUPT_IMAGE, f"cannot decode {img.format} image: {type(exc).__name__}: {exc}"
             ) from None
     return to_rgb(img)
+
+
+def open_checked(data: bytes, policy: DecodePolicy) -> ImageFile.ImageFile:
+    """Steps 1-4 of the policy: the image with its header read and checked, no pixel decoded yet.
+
+    For decoders other than Pillow's (``worker.preprocess`` decodes plain JPEGs with libjpeg-turbo through
+    torchvision): they get bytes whose format, size and pixel count passed the same checks.
+    """
+    if policy.max_bytes is not None and len(data) > policy.max_bytes:
+        raise PermanentError(
+            ErrorCode.TOO_LARGE, f"image is {len(data)} bytes, more than the limit of {policy.max_bytes}"
+        )
+    if not data:
+        raise PermanentError(ErrorCode.NOT_AN_IMAGE, "empty input (0 bytes)")
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        # Someone flipped Pillow's global: we would hand half-grey images to the model. Refuse loudly.
+        raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True; fakesake requires it False")
+    with _bomb_guard():
+        img = _open(data, policy)
+    width, height = img.size
+    if width * height > policy.max_pixels:
+        raise PermanentError(
+            ErrorCode.TOO_MANY_PIXELS,
+            f"image is {width}x{height} = {width * height} pixels, more than the limit of {policy.max_pixels}",
+        )
+    return img
+
+
+@contextlib.contextmanager
+def _bomb_guard() -> Iterator[None]:
+    with warnings.catch_warnings():
+        # Defence in depth: the explicit max_pixels check is the real guard (catch_warnings is process-global
+        # state, so under threads this filter may briefly leak; it only ever adds "error").
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
 
 
 def _open(data: bytes, policy: DecodePolicy) -> ImageFile.ImageFile:

@@ -2,11 +2,11 @@
 
 Why: kombu's Redis transport takes a message with ``BRPOP`` and only then records it in its ``unacked``
 hash; a worker SIGKILLed in between loses the message (kombu #305, celery #4354, docs/RELIABILITY.md).
-So the producer's enqueue script also writes every pushed job to a ledger (``Keys.LEDGER``: job id ->
-``lane\\ntenant\\nexact message``; ``Keys.LEDGER_SEEN``: job id scored by Redis TIME of the push), a worker
-re-scores ("touches") it when it receives the job, starts processing it (:class:`Toucher`) and begins a
-delivery (:class:`worker.counters.RedisJobCounters`), and the result store removes it with the final result
-(:mod:`worker.results`).
+So the producer's enqueue script also writes every pushed job to a ledger (``Keys.LEDGER``: job id -> the
+job's fields as compact JSON, :func:`producers.wire.encode`; ``Keys.LEDGER_SEEN``: job id scored by Redis TIME
+of the push), a worker re-scores ("touches") it when it receives the job, starts processing it
+(:class:`Toucher`) and begins a delivery (:class:`worker.counters.RedisJobCounters`), and the result store
+removes it with the final result (:mod:`worker.results`).
 
 A job whose last touch is older than ``grace_s`` is checked, in O(1) Redis work:
 
@@ -14,8 +14,14 @@ A job whose last touch is older than ``grace_s`` is checked, in O(1) Redis work:
 - its lane is non-empty and the lane's next message (``LINDEX lane -1``: lanes are ``LPUSH`` + ``BRPOP``)
   is not a ledger job, or was touched no later than our job → our job may still wait behind it: kept,
   and re-touched so it is checked again a grace later;
-- otherwise (lane empty, or its head is newer than our job's last touch) nobody holds the job → its exact
-  message is ``RPUSH``ed (consumed next, as kombu's own restore does) and it is touched.
+- otherwise (lane empty, or its head is newer than our job's last touch) nobody holds the job → its
+  message, rebuilt by :func:`producers.wire.message_from_ledger` (the same JSON but for a fresh delivery
+  tag), is ``RPUSH``ed (consumed next, as kombu's own restore does) and it is touched.
+
+Entries in the earlier format (``lane\\ntenant\\nexact message``, written by producers before the ledger kept
+only the job's fields) are still read, so jobs queued during a rolling deploy are re-queued too; the reverse
+does not hold (an older sweeper drops the seen score of a value it cannot read), so workers are upgraded
+before producers.
 
 Safe because a job held by a live worker is touched at every delivery, and waits between two deliveries
 at most ``max(rate_limit.max_defer_s, retry.backoff_max_s)`` < ``redis.visibility_timeout_s`` < ``grace_s``;
@@ -37,6 +43,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from producers import wire
 from producers.contract import LUA_NOW, Keys
 
 log = logging.getLogger(__name__)
@@ -78,18 +85,25 @@ class Action(StrEnum):
 
 @dataclass(frozen=True)
 class LedgerEntry:
-    """One ledger value: the lane the job was pushed to, its tenant and the exact queued message."""
+    """One ledger value, read: the lane the job was pushed to, its tenant and the message to push again."""
 
     lane: str
     tenant: str
     message: bytes
 
     @classmethod
-    def parse(cls, raw: bytes) -> LedgerEntry | None:
-        parts = raw.split(b"\n", 2)
-        if len(parts) != 3:
+    def parse(cls, job_id: str, raw: bytes) -> LedgerEntry | None:
+        """The entry of ``job_id`` from its ledger value, or None if the value is unreadable.
+
+        Current producers store the job's fields as a JSON array (the message is rebuilt from them); older
+        ones stored ``lane\\ntenant\\nexact message`` (a lane name never starts with ``[``)."""
+        try:
+            if raw.startswith(b"["):
+                return cls(*wire.message_from_ledger(job_id, raw))
+            lane, tenant, message = raw.split(b"\n", 2)
+            return cls(lane.decode(), tenant.decode(), message)
+        except ValueError:  # not JSON, not a job's fields, not three parts, not UTF-8
             return None
-        return cls(parts[0].decode(), parts[1].decode(), parts[2])
 
 
 @dataclass(frozen=True)
@@ -134,7 +148,9 @@ def redis_clock(client: Any) -> Callable[[], float]:
 class LedgerSweeper:
     """Checks ledger entries untouched for ``grace_s`` (see the module doc); ``batch`` bounds one sweep."""
 
-    def __init__(self, client: Any, grace_s: float, batch: int = 500, clock: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self, client: Any, grace_s: float, batch: int = 500, clock: Callable[[], float] | None = None
+    ) -> None:
         if grace_s <= 0 or batch < 1:
             raise ValueError("grace_s must be > 0 and batch >= 1")
         self.client = client
@@ -153,12 +169,16 @@ class LedgerSweeper:
             return SweepReport()
         ids = [job_id.decode() for job_id, _ in stale]
         raws = self.client.hmget(Keys.LEDGER, ids)
-        entries = {j: LedgerEntry.parse(raw) if raw is not None else None for j, raw in zip(ids, raws, strict=True)}
+        entries = {
+            j: LedgerEntry.parse(j, raw) if raw is not None else None
+            for j, raw in zip(ids, raws, strict=True)
+        }
         live = {j: e for j, e in entries.items() if e is not None}
         finished, heads = self._probe(live)
 
         counts = dict.fromkeys(Action, 0)
-        pushed: dict[int, tuple[str, float]] = {}  # index of the requeue script's reply -> job, its seen score
+        # index of the requeue script's reply -> the job and the seen score it was judged by
+        pushed: dict[int, tuple[str, float]] = {}
         with self.client.pipeline(transaction=False) as pipe:
             for job_id, (_, seen) in zip(ids, stale, strict=True):
                 entry = live.get(job_id)
@@ -167,7 +187,9 @@ class LedgerSweeper:
                     counts[Action.CLEAN] += 1
                     continue
                 lane_empty, head_seen = heads[entry.lane]
-                action = decide(finished=finished[job_id], seen=seen, lane_empty=lane_empty, head_seen=head_seen)
+                action = decide(
+                    finished=finished[job_id], seen=seen, lane_empty=lane_empty, head_seen=head_seen
+                )
                 counts[action] += 1
                 if action is Action.CLEAN:
                     pipe.hdel(Keys.LEDGER, job_id)
@@ -199,7 +221,9 @@ class LedgerSweeper:
             requeued=requeued,
         )
 
-    def _probe(self, live: dict[str, LedgerEntry]) -> tuple[dict[str, bool], dict[str, tuple[bool, float | None]]]:
+    def _probe(
+        self, live: dict[str, LedgerEntry]
+    ) -> tuple[dict[str, bool], dict[str, tuple[bool, float | None]]]:
         """Which jobs have a result, and per lane: (empty?, ledger score of its next message or None)."""
         lanes = sorted({e.lane for e in live.values()})
         with self.client.pipeline(transaction=False) as pipe:
@@ -213,7 +237,9 @@ class LedgerSweeper:
         empty = {lane: raw is None for lane, raw in zip(lanes, replies[len(live) :], strict=True)}
         known = [h for h in head_ids.values() if h is not None]
         scores = dict(zip(known, self.client.zmscore(Keys.LEDGER_SEEN, known), strict=True)) if known else {}
-        heads = {lane: (empty[lane], scores.get(h) if h is not None else None) for lane, h in head_ids.items()}
+        heads = {
+            lane: (empty[lane], scores.get(h) if h is not None else None) for lane, h in head_ids.items()
+        }
         return finished, heads
 
 

@@ -7,8 +7,10 @@ fork, so CUDA and boto3 clients are created in the process that uses them.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +40,42 @@ class BoundedPreparer:
             return self._engine.prepare(source, version)
 
 
+class DeferredToucher:
+    """Ledger touches for received jobs, run on a thread of its own instead of Celery's consumer thread.
+
+    The consumer thread takes every message, bookkeeps it and sends every ack: a Redis round trip there per
+    job throttles the whole worker's intake (it waits for the GIL after every reply). The touch only has to
+    land before the job could be judged lost (``ledger.grace_s``, minutes), so milliseconds later is as good.
+    The touch at processing start (``RedisJobCounters.open_deliveries``) stays synchronous.
+    """
+
+    def __init__(self, touch: Callable[[str], None]) -> None:
+        self._touch = touch
+        self._ids: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="fakesake-touch", daemon=True)
+
+    def start(self) -> DeferredToucher:
+        self._thread.start()
+        return self
+
+    def __call__(self, job_id: str) -> None:
+        """Queue a touch of ``job_id``; never blocks, never raises."""
+        self._ids.put(job_id)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Run the touches already queued, then end the thread."""
+        self._ids.put(None)
+        if self._thread.is_alive():
+            self._thread.join(timeout=timeout_s)
+
+    def _run(self) -> None:
+        while (job_id := self._ids.get()) is not None:
+            try:
+                self._touch(job_id)
+            except Exception:  # the processing-start touch follows; this thread must go on
+                log.warning("could not mark job %s received in the ledger", job_id, exc_info=True)
+
+
 @dataclass
 class WorkerRuntime:
     settings: WorkerSettings
@@ -48,7 +86,7 @@ class WorkerRuntime:
     dead_letters: Any
     telemetry: Any
     ledger: Any = None  # the SweepThread re-queueing lost jobs (worker/ledger.py); None when disabled
-    touch: Any = None  # marks a job alive in the ledger when this worker gets it (worker/ledger.Toucher)
+    touch: Any = None  # marks a job alive in the ledger when this worker gets it (DeferredToucher of ledger.Toucher)
 
     @classmethod
     def start(cls, settings: WorkerSettings) -> WorkerRuntime:
@@ -91,20 +129,25 @@ class WorkerRuntime:
             rate=RateLimitPolicy(**settings.rate_limit.model_dump()),
             thresholds=engine.thresholds,
         )
-        log.info("worker ready: %s on %s, batch<=%d wait<=%.0fms", engine.spec.ref, engine.device,
-                 policy.max_size, settings.batch.max_wait_ms)
+        log.info(
+            "worker ready: %s on %s, batch<=%d wait<=%.0fms",
+            engine.spec.ref,
+            engine.device,
+            policy.max_size,
+            settings.batch.max_wait_ms,
+        )
         ledger = None
         if settings.ledger.sweep_interval_s > 0:
             sweeper = LedgerSweeper(client, grace_s=settings.ledger.grace_s, batch=settings.ledger.batch)
             ledger = SweepThread(sweeper, settings.ledger.sweep_interval_s, on_report=telemetry.ledger_swept).start()
-        return cls(settings, engine, loop, processor, client, dead_letters, telemetry, ledger, Toucher(client))
+        touch = DeferredToucher(Toucher(client)).start()
+        return cls(settings, engine, loop, processor, client, dead_letters, telemetry, ledger, touch)
 
     def process(self, job: JobMessage, lane: str | None = None, reserved: frozenset[str] = frozenset()) -> Decision:
         """Run one job; store errors surface as TransientError(UNAVAILABLE) for the adapter to requeue."""
         with self.telemetry.job(lane):
             try:
-                if self.touch is not None:
-                    self.touch(job.job_id)
+                # The processing-start ledger touch is part of processor.process (counters.open_deliveries).
                 decision = self.processor.process(job, reserved)
             except FakesakeError:
                 raise
@@ -133,6 +176,8 @@ class WorkerRuntime:
     def close(self) -> None:
         if self.ledger is not None:
             self.ledger.stop()
+        if self.touch is not None:
+            self.touch.stop()
         self.loop.stop()
         self.telemetry.stop()
 
@@ -141,4 +186,3 @@ def _is_redis_error(exc: BaseException) -> bool:
     import redis
 
     return isinstance(exc, redis.RedisError | ConnectionError | TimeoutError)
-

@@ -36,7 +36,9 @@ class Telemetry:
     def start(cls, settings: WorkerSettings, redis_client: Any = None) -> Telemetry:
         m = metrics.default()
         server = metrics.start_metrics_server(settings.metrics.port, m, settings.metrics.bind_host)
-        svc = health.start_health(settings.metrics, ping=redis_client.ping if redis_client else None)
+        svc = health.start_health(
+            settings.metrics, ping=redis_client.ping if redis_client else None, on_stall=health.exit_process
+        )
         if redis_client is not None:
             m.watch_redis(redis_client)
         return cls(m, svc, server)
@@ -45,6 +47,11 @@ class Telemetry:
         self.metrics.model_load_seconds.labels(model=ref).set(seconds)
         if self.health is not None:
             self.health.state.mark_model_loaded(ref)
+
+    def consumer_tick(self) -> None:
+        """Celery's consumer event loop ran (see ``worker.health``: a stalled consumer fails liveness)."""
+        if self.health is not None:
+            self.health.state.consumer_tick()
 
     def observe_batch(self, size: int, oldest_wait_s: float, inference_s: float) -> None:
         self.metrics.batch_size.observe(size)

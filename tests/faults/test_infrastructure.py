@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 from producers.contract import JobResult
 from producers.errors import TransientError
 from tests.faults.invariants import Figures, check, untraced
@@ -37,13 +35,10 @@ def submit_resilient(rig: Rig, sources: list[str], chunk: int, every_s: float, o
     return accepted, refusals
 
 
-# Known intermittent failure, not yet fixed (issue 5 stays open): in about one run in three on this machine,
-# after Redis comes back both Celery workers stop consuming — the lane keeps its jobs, the jobs that were in
-# flight stay in kombu's unacked hash (deliveries=1, attempts=1) and are never restored, because the
-# workers' consumer loops (which also run kombu's restore sweep) no longer run. The jobs are still in Redis
-# (lane list and unacked hash), but the workers do not recover by themselves.
-# Non-strict: a passing run is reported as XPASS; any other invariant breach still shows in the figures.
-@pytest.mark.xfail(reason="Celery consumer can wedge after a broker restart (under investigation)", strict=False)
+# Before worker/broker.py, about one run in five failed here: kombu's Redis channel raised AttributeError
+# while Celery closed the dead connection, Celery called it an "Unrecoverable error" and the workers stopped
+# consuming for good (lane and unacked hash kept their jobs). The check on each worker's consumer loop below
+# is what would catch that again; tests/integration/test_broker_transport.py reproduces the defect itself.
 def test_redis_restart_with_aof(rig: Rig) -> None:
     """Redis is SIGKILLed mid-run and restarted from its AOF: workers and producers reconnect, nothing lost."""
     start_workers(rig, ["w1", "w2"])
@@ -61,6 +56,7 @@ def test_redis_restart_with_aof(rig: Rig) -> None:
             time.sleep(2.0)
             rig.redis.start()
             outage["up"] = time.monotonic()
+            outage["up_wall"] = time.time()
 
         crasher = threading.Thread(target=crash_redis)
         crasher.start()
@@ -92,6 +88,9 @@ def test_redis_restart_with_aof(rig: Rig) -> None:
         )
         check(rec, rig.client, accepted, figures)
         assert ready
+        for name, worker in rig.workers.items():  # every consumer loop runs again, not just one of them
+            tick = worker.health().get("consumer_tick_at")
+            assert tick is not None and tick > outage["up_wall"], f"{name}: consumer loop stopped at {tick}"
 
 
 def test_redis_restart_without_persistence_loses_queued_jobs(rig: Rig) -> None:

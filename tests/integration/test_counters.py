@@ -22,3 +22,16 @@ def test_attempts_count_up_per_job(redis_url: str) -> None:
     assert counters.attempts("a") == 0
     assert [counters.next_attempt("a") for _ in range(3)] == [1, 2, 3]
     assert counters.next_attempt("b") == 1 and counters.attempts("a") == 3
+
+
+def test_reading_open_deliveries_touches_only_ledger_jobs_and_counts_nothing(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    client.zadd(Keys.LEDGER_SEEN, {"queued": 1.0})  # pushed long ago (score = Redis TIME of the push)
+    counters = RedisJobCounters(client)
+    assert counters.open_deliveries("queued") == 0
+    touched = client.zscore(Keys.LEDGER_SEEN, "queued")
+    assert touched is not None and touched > 1.0  # re-scored with Redis TIME: the job has arrived
+    assert counters.begin_delivery("queued") == 1 and counters.open_deliveries("queued") == 1
+    assert counters.open_deliveries("not-in-the-ledger") == 0
+    assert client.zscore(Keys.LEDGER_SEEN, "not-in-the-ledger") is None
+    assert not client.exists(Keys.deliveries("not-in-the-ledger"))

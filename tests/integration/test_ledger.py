@@ -3,6 +3,7 @@ with the final result, and swept: finished jobs cleaned, queued jobs kept, lost 
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -67,13 +68,25 @@ def _lane(client: redis.Redis) -> list[bytes]:
     return cast(list[bytes], client.lrange(LANE, 0, -1))
 
 
+def _same(a: bytes, b: bytes) -> bool:
+    """The same message but for the delivery tag (a re-queued message gets a fresh one)."""
+    first, second = json.loads(a), json.loads(b)
+    tags = first["properties"].pop("delivery_tag"), second["properties"].pop("delivery_tag")
+    return all(tags) and first == second
+
+
 # -- writing, touching, removing -------------------------------------------------------------------------
 def test_enqueue_writes_the_ledger_with_the_push(producer: Producer, client: redis.Redis) -> None:
     t0 = redis_clock(client)()
-    first, second = producer.enqueue([_job(1), _job(2, idempotency_key="k")])
+    jobs = [_job(1), _job(2, idempotency_key="k")]
+    first, second = producer.enqueue(jobs)
     queued = _lane(client)  # newest first
-    for job_id, message in zip((second, first), queued, strict=True):
-        assert client.hget(Keys.LEDGER, job_id) == f"{LANE}\nacme\n".encode() + message
+    for job, job_id, message in zip(reversed(jobs), (second, first), queued, strict=True):
+        stored = client.hget(Keys.LEDGER, job_id)
+        assert stored == wire.encode(job)[1].encode()  # the job's fields only, not a second message
+        entry = LedgerEntry.parse(job_id, stored)
+        assert entry is not None and (entry.lane, entry.tenant) == (LANE, "acme")
+        assert _same(entry.message, message)
         seen = _seen(client, job_id)
         assert seen is not None and t0 <= seen <= redis_clock(client)()
     # a resubmission under a known idempotency key pushes nothing and adds nothing to the ledger
@@ -95,7 +108,8 @@ def test_redrive_goes_through_the_ledger(producer: Producer, client: redis.Redis
     dead = _job()
     dlq.add(dead, ErrorInfo(code="poison", message="killed its worker"))
     new_id = dlq.redrive(dead.job_id, producer)
-    assert client.hget(Keys.LEDGER, new_id) == f"{LANE}\nacme\n".encode() + _lane(client)[-1]
+    entry = LedgerEntry.parse(new_id, cast(bytes, client.hget(Keys.LEDGER, new_id)))
+    assert entry is not None and entry.lane == LANE and _same(entry.message, _lane(client)[-1])
     assert _seen(client, new_id) is not None
     assert wire.decode_message(_lane(client)[-1])[1].job_id == new_id
 
@@ -123,7 +137,9 @@ def test_a_worker_getting_a_job_touches_only_ledger_jobs(producer: Producer, cli
 
 
 @pytest.mark.parametrize("already_stored", [False, True])
-def test_put_final_removes_the_ledger_entry(producer: Producer, client: redis.Redis, already_stored: bool) -> None:
+def test_put_final_removes_the_ledger_entry(
+    producer: Producer, client: redis.Redis, already_stored: bool
+) -> None:
     job = _job()
     store = RedisResultStore(client, ttl_s=3600, index_max=10)
     if already_stored:  # a redelivered job whose result exists leaves the ledger too
@@ -164,7 +180,9 @@ def test_queued_jobs_are_kept_and_checked_a_grace_later(
     assert sweeper.sweep_once() == SweepReport()
 
 
-def test_a_job_behind_a_foreign_head_is_kept(producer: Producer, client: redis.Redis, sweeper: LedgerSweeper) -> None:
+def test_a_job_behind_a_foreign_head_is_kept(
+    producer: Producer, client: redis.Redis, sweeper: LedgerSweeper
+) -> None:
     producer.enqueue([_job()])
     _pop(client)
     client.lpush(LANE, b'{"headers":{"id":"webhook-delivery-1"}}')  # not a ledger job: no order to compare
@@ -181,20 +199,20 @@ def test_a_lost_job_is_pushed_again_once_per_grace(
     (newer,) = producer.enqueue([_job(2)])  # the lane's head is now newer than the lost job's last touch
     _wait_grace()
     assert sweeper.sweep_once() == SweepReport(checked=2, still_queued=1, requeued=1)
-    assert _lane(client)[-1] == message  # the exact message, consumed next
+    assert _same(_lane(client)[-1], message)  # the same message, consumed next
     assert sweeper.sweep_once() == SweepReport()  # touched: not pushed twice within a grace
     _wait_grace(0.5)
     assert sweeper.sweep_once() == SweepReport()
     assert client.llen(LANE) == 2
 
-    assert _pop(client) == message  # lost again, by the next worker that took it...
+    assert _same(_pop(client), message)  # lost again, by the next worker that took it...
     done = wire.decode_message(_pop(client))[1]  # ...while the lane moves on
     assert done.job_id == newer
     RedisResultStore(client, ttl_s=3600, index_max=10).put_final(_ok(done))
     producer.enqueue([_job(3)])
     _wait_grace()
     assert sweeper.sweep_once() == SweepReport(checked=2, still_queued=1, requeued=1)  # the new head: kept
-    assert _lane(client)[-1] == message
+    assert _same(_lane(client)[-1], message)
 
 
 def test_a_lost_job_of_an_empty_lane_is_pushed_again(
@@ -204,7 +222,30 @@ def test_a_lost_job_of_an_empty_lane_is_pushed_again(
     message = _pop(client)
     _wait_grace()
     assert sweeper.sweep_once() == SweepReport(checked=1, requeued=1)
+    (requeued,) = _lane(client)
+    assert _same(requeued, message)
+
+
+def test_an_earlier_format_entry_is_pushed_again_verbatim(
+    client: redis.Redis, sweeper: LedgerSweeper
+) -> None:
+    # A job queued by a producer of the previous release (its ledger held the whole message), lost in a
+    # worker during the rolling deploy: the new sweeper pushes exactly what that producer wrote.
+    job = _job()
+    message = wire.encode_message(job)
+    client.hset(Keys.LEDGER, job.job_id, f"{LANE}\n{job.tenant}\n".encode() + message)
+    client.zadd(Keys.LEDGER_SEEN, {job.job_id: redis_clock(client)()})
+    _wait_grace()
+    assert sweeper.sweep_once() == SweepReport(checked=1, requeued=1)
     assert _lane(client) == [message]
+
+
+def test_an_unreadable_entry_is_dropped_from_the_sweep(client: redis.Redis, sweeper: LedgerSweeper) -> None:
+    client.hset(Keys.LEDGER, "job-broken1", b'["acme"]')
+    client.zadd(Keys.LEDGER_SEEN, {"job-broken1": redis_clock(client)()})
+    _wait_grace()
+    assert sweeper.sweep_once() == SweepReport(checked=1, finished_cleaned=1)
+    assert client.llen(LANE) == 0 and client.zcard(Keys.LEDGER_SEEN) == 0
 
 
 def test_a_delivery_begun_after_the_judgement_stops_the_push(

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import redis
 
+from producers import wire
 from producers.client import Producer
 from producers.contract import ALL_QUEUES, JobMessage, Priority, queue_name
 from producers.settings import ProducerSettings, RedisSettings
@@ -107,7 +108,7 @@ def test_celery_worker_receives_exact_jobs_from_both_lanes(
         assert job.source_version == item["source_version"]
         assert job.callback_url == item["callback_url"]
         record = by_id[job_id]
-        assert record["job"] == job.model_dump(mode="json")  # the exact dict, not just an equal model
+        assert record["job"] == wire.job_fields(job)  # the exact dict sent, not just an equal model
         assert record["task_id"] == job_id
         assert record["routing_key"] == queue_name(job.priority)
         assert record["retries"] == 0
@@ -116,4 +117,33 @@ def test_celery_worker_receives_exact_jobs_from_both_lanes(
     deadline = time.monotonic() + 10
     while client.hlen("unacked") and time.monotonic() < deadline:  # acks_late: acked after the task ran
         time.sleep(0.1)
+    assert client.hlen("unacked") == 0
+
+
+@pytest.mark.timeout(60)
+def test_kombu_decodes_a_plain_body_and_restores_the_message_unchanged(
+    redis_url: str, producer: Producer
+) -> None:
+    """kombu's own consumer path, without a worker: the plain-text body decodes (no ``body_encoding``), and
+    an unacked message (a dead worker's) goes back onto its lane as the same JSON, flagged redelivered."""
+    from kombu import Connection
+
+    client = redis.Redis.from_url(redis_url)
+    lane = queue_name(Priority.BULK)
+    job_id = producer.submit("s3://bucket/a.jpg", tenant="acme", priority="bulk", idempotency_key="k")
+    (original,) = client.lrange(lane, 0, -1)
+    with Connection(redis_url) as conn:
+        channel = conn.channel()
+        message = channel.basic_get(lane)
+        assert message is not None
+        (fields,), kwargs, embed = message.decode()
+        assert (JobMessage.model_validate(fields).job_id, kwargs, embed) == (job_id, {}, {})
+        assert message.delivery_info["routing_key"] == lane
+        assert client.llen(lane) == 0 and client.hlen("unacked") == 1
+        channel.basic_recover(requeue=True)  # what kombu does with the unacked messages of a dead worker
+    (restored,) = client.lrange(lane, 0, -1)
+    expected = json.loads(original)
+    expected["headers"]["redelivered"] = True
+    expected["properties"]["delivery_info"]["redelivered"] = True
+    assert json.loads(restored) == expected
     assert client.hlen("unacked") == 0

@@ -20,6 +20,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tests.support.servers import S3_ENV, free_port
 
@@ -94,6 +95,15 @@ class WorkerProcess:
                 return bool(resp.status == 200 and json.loads(resp.read()).get("ok", True))
         except (OSError, urllib.error.URLError, ValueError):
             return False
+
+    def health(self, path: str = "/livez") -> dict[str, Any]:
+        """The health endpoint's JSON body, whatever its status (503 bodies carry the reason)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}{path}", timeout=2) as resp:
+                body: dict[str, Any] = json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            body = json.loads(exc.read())
+        return body
 
     def wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

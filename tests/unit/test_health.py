@@ -76,6 +76,71 @@ def test_readiness_drops_when_redis_stops_answering(state: HealthState, clock: C
     assert state.evaluate("live", MAX_AGE)[0], "a Redis outage must not kill the pod"
 
 
+def test_a_stalled_consumer_fails_liveness_and_readiness(state: HealthState, clock: Clock) -> None:
+    state.consumer_stall_s = 120.0
+    state.mark_model_loaded("m@1")
+    state.beat()
+    state.record_redis(True)
+    assert state.evaluate("live", MAX_AGE)[0], "no tick yet (model loading, reconnecting at start): no verdict"
+    state.consumer_tick()
+    clock.now += 20
+    state.beat()
+    state.record_redis(True)
+    assert state.evaluate("live", MAX_AGE)[0] and state.evaluate("ready", MAX_AGE)[0]
+    clock.now += 101  # heartbeat thread and Redis fine, but the consumer loop last ran 121 s ago
+    state.beat()
+    state.record_redis(True)
+    for kind in ("live", "ready"):
+        ok, detail = state.evaluate(kind, MAX_AGE)  # type: ignore[arg-type]
+        assert not ok and "consumer loop last ran 121.0s ago" in detail
+    state.consumer_tick()
+    assert state.evaluate("live", MAX_AGE)[0]
+
+
+def test_heartbeat_calls_on_stall_once_when_the_consumer_stalls(state: HealthState, clock: Clock) -> None:
+    state.consumer_stall_s = 120.0
+    calls: list[str] = []
+    beat = Heartbeat(state, on_stall=calls.append)
+    beat.beat_once()  # no tick yet: nothing to judge
+    state.consumer_tick()
+    clock.now += 120
+    beat.beat_once()
+    assert calls == []
+    clock.now += 1
+    beat.beat_once()
+    beat.beat_once()
+    assert len(calls) == 1 and "consumer loop last ran 121.0s ago" in calls[0]
+
+
+def test_on_stall_is_wired_only_when_exit_is_enabled(tmp_path: Path) -> None:
+    calls: list[str] = []
+    for enabled in (True, False):
+        settings = MetricsSettings(
+            health_port=0, heartbeat_file=str(tmp_path / "hb"), heartbeat_interval_s=1,
+            exit_on_consumer_stall=enabled,
+        )
+        service = health.start_health(settings, ping=None, on_stall=calls.append)
+        try:
+            service.state.consumer_tick_at = service.state.clock() - 1_000
+            service.heartbeat.beat_once()
+        finally:
+            service.stop()
+    assert len(calls) == 1
+
+
+def test_consumer_check_is_off_without_a_threshold(state: HealthState, clock: Clock) -> None:
+    state.consumer_tick()
+    clock.now += 10_000
+    state.beat()
+    assert state.evaluate("live", MAX_AGE)[0]
+
+
+def test_the_heartbeat_file_carries_the_consumer_verdict(clock: Clock) -> None:
+    snapshot = {"last_heartbeat": clock.now, "consumer_tick_at": clock.now - 200, "consumer_stall_s": 120}
+    ok, detail = judge(snapshot, "live", MAX_AGE, clock.now)
+    assert not ok and "consumer" in detail
+
+
 def test_never_answered_redis_is_not_ready(state: HealthState) -> None:
     state.mark_model_loaded("m@1")
     Heartbeat(state, ping=_fail).beat_once()
@@ -215,6 +280,7 @@ def test_start_health_runs_heartbeat_and_server(tmp_path: Path) -> None:
     )
     service = health.start_health(settings, ping=lambda: True)
     try:
+        assert service.state.consumer_stall_s == settings.consumer_stall_s == 120.0
         assert check("live", url=f"http://127.0.0.1:{settings.health_port}/livez")[0]
         assert not check("ready", url=f"http://127.0.0.1:{settings.health_port}/readyz")[0]
         service.state.mark_model_loaded("m@1")

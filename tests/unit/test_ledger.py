@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
 
 from producers import wire
-from producers.contract import JobMessage
+from producers.contract import JobMessage, Priority
 from worker.ledger import Action, LedgerEntry, decide, message_id
 
 SEEN = 1000.0
+
+
+def _without_tag(raw: bytes) -> dict[str, Any]:
+    message: dict[str, Any] = json.loads(raw)
+    del message["properties"]["delivery_tag"]
+    return message
 
 
 @pytest.mark.parametrize(
@@ -27,15 +36,34 @@ def test_decide(finished: bool, lane_empty: bool, head_seen: float | None, expec
     assert decide(finished=finished, seen=SEEN, lane_empty=lane_empty, head_seen=head_seen) is expected
 
 
-def test_entry_parse_keeps_the_exact_message() -> None:
-    message = wire.encode_message(JobMessage(tenant="acme", source="s3://b/k.jpg"))
-    entry = LedgerEntry.parse(b"fakesake.bulk\nacme\n" + message)
+def test_entry_parse_rebuilds_the_message_from_the_jobs_fields() -> None:
+    job = JobMessage(tenant="acme", source="s3://b/k.jpg", priority=Priority.BULK, idempotency_key="k")
+    message, stored = wire.encode(job)
+    entry = LedgerEntry.parse(job.job_id, stored.encode())
+    assert entry is not None and (entry.lane, entry.tenant) == ("fakesake.bulk", "acme")
+    assert _without_tag(entry.message) == _without_tag(message)
+
+
+def test_entry_parse_reads_the_earlier_format_verbatim() -> None:
+    # written by a producer of the previous release: "lane\ntenant\n<exact message>", during a rolling deploy
+    message = b'{"body":"W1t7fV0se30","headers":{"id":"abc123def"},"properties":{"body_encoding":"base64"}}'
+    entry = LedgerEntry.parse("abc123def", b"fakesake.bulk\nacme\n" + message)
     assert entry == LedgerEntry("fakesake.bulk", "acme", message)
 
 
-@pytest.mark.parametrize("raw", [b"", b"fakesake.bulk", b"fakesake.bulk\nacme"])
-def test_entry_parse_rejects_truncated_values(raw: bytes) -> None:
-    assert LedgerEntry.parse(raw) is None
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"fakesake.bulk",
+        b"fakesake.bulk\nacme",
+        b"fakesake.bulk\n\xff\nmessage",  # not UTF-8
+        b'["acme","s3://b/k.jpg"]',  # today's format, cut short
+        b'["acme","s3://b/k.jpg","ffs-mj-5m","nowhere","2024-05-01T10:00:00Z"]',  # no such lane
+    ],
+)
+def test_entry_parse_rejects_unreadable_values(raw: bytes) -> None:
+    assert LedgerEntry.parse("abc123def", raw) is None
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,7 @@ from worker.models.pipeline import PreTrainedPipeline
 from worker.models.registry import DetectorSpec
 
 TOLERANCE = 1e-5
+ONNX_TOLERANCE = 1e-4
 # 16-bit greyscale has no reference behaviour (the card's pipeline does not convert modes at all, and
 # Image.convert("RGB") clips it to white); our scaling is tested in test_imaging.
 PARITY_CASES = [c for c in corpus() if c.name != "png-16bit-grey"]
@@ -135,7 +136,7 @@ def _detector_from_state(spec: DetectorSpec):  # type: ignore[no-untyped-def]
 def test_scan_command_with_default_settings_matches_the_card(
     images: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The user-facing path, defaults included (backend auto, exact preprocessing), not a hand-built engine."""
+    """The user-facing path, defaults included (backend auto = ORT, exact preprocessing), not a hand-built engine."""
     import json
     import os
 
@@ -153,4 +154,6 @@ def test_scan_command_with_default_settings_matches_the_card(
     reference = CardPipeline(snapshot / spec.weights_file, spec)
     assert [r["source"] for r in records] == [str(p) for p in images]
     deltas = [abs(r["score"] - reference.score_file(p)) for r, p in zip(records, images, strict=True)]
-    assert max(deltas) <= TOLERANCE
+    # Backend auto is ONNX Runtime on CPU: the issue's bound for it is 1e-4 (measured <= 2.1e-5 on 48 photo-like
+    # JPEGs; the card's own fp32 scores are 1.9e-5 from an fp64 forward). Preprocessing is bit-identical.
+    assert max(deltas) <= ONNX_TOLERANCE

@@ -62,7 +62,7 @@ def test_documented_names_are_the_ones_the_classes_read(
     ("env", "fragment"),
     [
         ("FAKESAKE_REDIS__PASSWORD", "| secret \\| unset | *(unset)* |"),
-        ("FAKESAKE_MODEL__PREPROCESS", "| exact \\| fast | `exact` |"),
+        ("FAKESAKE_MODEL__PREPROCESS", "| exact \\| tensor \\| fast | `exact` |"),
         ("FAKESAKE_BATCH__MAX_SIZE", "| int (≥ 1, ≤ 1024) | `16` |"),
         ("FAKESAKE_FETCH__ALLOWED_PORTS", "| int list (comma-separated) | `80,443` |"),
         ("FAKESAKE_FETCH__ALLOW_LOCAL_FILES", "| bool | `false` |"),

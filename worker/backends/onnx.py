@@ -2,8 +2,14 @@
 
 Selected with ``FAKESAKE_MODEL__BACKEND=onnx``. At start the strictly loaded torch module is exported to an
 in-memory ONNX graph (fp32, dynamic batch) and an ORT session is built from it, so there is one source of
-weights (the checkpoint) and no second file to keep in sync. Scores match the torch backend within 1e-6
-(``tests/unit/test_onnx_backend.py``); speed figures are in ``python -m bench --only knobs``.
+weights (the checkpoint) and no second file to keep in sync. ``auto`` picks it on CPU whenever onnxruntime is
+installed; speed figures are in ``python -m bench --only knobs``.
+
+Parity (ffs-mj-5m, seeded weights, 48 photo-like JPEGs, exact preprocessing): P(AI) within 1.7e-5 of the
+model card pipeline (2.1e-5 with graph optimisations off; opsets 13/17/18 alike), logits within 1.4e-4. That is
+fp32 rounding, not a wrong op: the card's own fp32 P(AI) is 1.9e-5 from an fp64 forward of the same module,
+and ORT's is 1.15e-5 from it, i.e. closer. Torch channels_last stays within 1.5e-6 of the card only because
+it runs the same oneDNN kernels. The issue's bound for the ORT backend is 1e-4 (tests assert it).
 
 Why ORT: on the 2-core dev machine its fp32 MobileNetV3 kernels run ~2x more images per core-second than
 torch eager channels_last (bench "knobs"). Intra-op threads do not spin-wait here (ORT's default is to spin),
