@@ -1,4 +1,5 @@
-"""Section 5: the knobs. CPU inference backend, batch size, max wait, prepare threads, preprocessing mode.
+"""Section 5: the knobs. CPU inference backend, batch size, max wait, prepare threads, preprocessing mode, engine
+processes.
 
 Model-only figures run the classifier on real preprocessed 1024^2 JPEG inputs. Every variant of one
 table is measured interleaved, pass by pass, and each row's ratio is against the table's first variant.
@@ -19,9 +20,11 @@ import torch
 from bench import fast_mode
 from bench.common import Context, Row, interleaved, median, percentile, ratio_of, timed_rate
 from bench.corpus import SPEC_NAME, image_set, scan_engine, weights_file, worker_settings
-from bench.engine_section import engine_rate
+from bench.engine_section import engine_rate, warm_up
+from worker import scan
 from worker.batching import BatchPolicy
 from worker.classifier import TorchClassifier
+from worker.engine_pool import usable_cores
 from worker.inference_loop import InferenceLoop
 from worker.models.loader import LoadedDetector
 
@@ -168,15 +171,28 @@ def wait_rows(ctx: Context, classifier: Any, tensor: torch.Tensor, max_size: int
     return rows
 
 
-def _engine_table(ctx: Context, weights: Any, variants: dict[str, dict[str, dict[str, Any]]], what: str) -> list[Row]:
-    """End-to-end engine img/s on jpeg-1024 files for settings variants (ratios against the first)."""
-    sources = image_set(ctx.workdir, "jpeg-1024", ctx.n(48, 16)).sources
+def _engine_table(
+    ctx: Context,
+    weights: Any,
+    variants: dict[str, dict[str, dict[str, Any]]],
+    what: str,
+    *,
+    build: Callable[[Any], Any] = scan_engine,
+    count: tuple[int, int] = (48, 16),
+) -> list[Row]:
+    """End-to-end engine img/s on jpeg-1024 files for settings variants (ratios against the first).
+
+    ``build``: settings -> engine; the default is one process (prepare threads + a model thread).
+    """
+    sources = image_set(ctx.workdir, "jpeg-1024", ctx.n(*count)).sources
     engines = {
-        name: scan_engine(worker_settings(weights, **cast(dict[str, Any], groups))) for name, groups in variants.items()
+        name: build(worker_settings(weights, **cast(dict[str, Any], groups))) for name, groups in variants.items()
     }
     for e in engines.values():
-        list(e.classify(sources[:4]))
+        warm_up(e, sources)
     rates = interleaved({name: partial(engine_rate, e, sources) for name, e in engines.items()}, ctx.passes)
+    for e in engines.values():
+        e.close()
     first = next(iter(variants))
     return [
         Row(
@@ -211,6 +227,16 @@ def engine_rows(ctx: Context, weights: Any) -> list[Row]:
         weights,
         {"exact": {}, "tensor (torch JPEG decode + resize, opt-in)": {"model": {"preprocess": "tensor"}}},
         "preprocess",
+    )
+    # fakesake scan's engine; enough files for a batch of 16 per process of a 2-core machine, twice.
+    cores = usable_cores()
+    rows += _engine_table(
+        ctx,
+        weights,
+        {str(n): {"batch": {"processes": n}} for n in sorted({1, cores})},
+        "engine processes",
+        build=scan.scan_engine,
+        count=(64, 32 * max(1, cores // 2)),
     )
     return rows
 

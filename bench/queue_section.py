@@ -64,15 +64,15 @@ def bench_worker_env(redis_url: str, weights: Path) -> dict[str, str]:
     return env
 
 
-def real_worker(ctx: Context) -> dict[str, Any]:
-    """redis-server + one ``fakesake worker`` with default settings (started once per run)."""
+def real_worker(ctx: Context, **env_overrides: str) -> dict[str, Any]:
+    """redis-server + one ``fakesake worker`` with default settings (started once per run and overrides)."""
 
     def start() -> dict[str, Any]:
         from worker.celery_app import worker_argv
 
         server = ctx.stack.enter_context(redis_server())
         weights = ctx.once("weights", lambda: weights_file(ctx.workdir))
-        env = bench_worker_env(server.url, weights)
+        env = {**bench_worker_env(server.url, weights), **env_overrides}
         settings = worker_settings(weights)
         concurrency = next(int(a.split("=")[1]) for a in worker_argv(settings, []) if a.startswith("--concurrency"))
         worker = WorkerProcess(env=env, name=f"bench{os.getpid()}", concurrency=concurrency)
@@ -82,7 +82,8 @@ def real_worker(ctx: Context) -> dict[str, Any]:
         ctx.stack.callback(prod.close)
         return {"redis": server, "worker": worker, "producer": prod, "settings": settings}
 
-    return ctx.once("real_worker", start)  # type: ignore[no-any-return]
+    key = "real_worker" + "".join(f",{k}={v}" for k, v in sorted(env_overrides.items()))
+    return ctx.once(key, start)  # type: ignore[no-any-return]
 
 
 def naive_rate(ctx: Context, sources: list[str], passes: int) -> list[float]:
@@ -130,12 +131,17 @@ def run_queue(ctx: Context) -> list[Row]:
     uris = images.uris
     prod: Producer = real["producer"]
     engine = scan_engine(real["settings"])
+    # A second worker with Celery task events on (what Flower switches on), on its own Redis: it idles in BRPOP
+    # while the others run, so the passes can interleave.
+    evented: Producer = real_worker(ctx, FAKESAKE_METRICS__TASK_EVENTS="true")["producer"]
     queue_rate(prod, uris[:32])  # warm-up of the worker's pools and kernels
+    queue_rate(evented, uris[:32])
     list(engine.classify(images.sources[:32]))
-    queue_rates, engine_rates = [], []
+    queue_rates, engine_rates, evented_rates = [], [], []
     for _ in range(ctx.passes):  # interleaved: the worker idles while the in-process engine runs
         queue_rates.append(queue_rate(prod, uris))
         engine_rates.append(engine_rate(engine, images.sources))
+        evented_rates.append(queue_rate(evented, uris))
     engine.close()
     ratio = median([q / e for q, e in zip(queue_rates, engine_rates, strict=True)])
     ctx.cache["queue_capacity"] = median(queue_rates)
@@ -166,6 +172,15 @@ def run_queue(ctx: Context) -> list[Row]:
             naive_ratio >= TARGET_NAIVE,
             note="naive = bench/naive_worker.py: Celery defaults (prefork, 1 child per core), the card's pipeline "
             "per task, no batching",
+        ),
+        Row(
+            "queue",
+            "Redis + 1 worker with Celery task events on (as under Flower)",
+            median(evented_rates),
+            "img/s",
+            median(queue_rates),
+            "events off (default)",
+            median([e / q for e, q in zip(evented_rates, queue_rates, strict=True)]),
         ),
     ]
 

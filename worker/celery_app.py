@@ -54,7 +54,9 @@ def celery_config(settings: WorkerSettings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,  # a killed worker's job is redelivered (we count deliveries)
         "task_acks_on_failure_or_timeout": True,
         "worker_prefetch_multiplier": 1,
-        "worker_send_task_events": True,  # Flower and Celery exporters
+        # Off by default: 3 Redis publishes per job on the consumer thread. Flower enables them remotely while it
+        # runs (its enable_events option); metrics come from worker/metrics.py, not from events.
+        "worker_send_task_events": settings.metrics.task_events,
         "task_send_sent_event": False,
         "task_queues": [Queue(q, routing_key=q) for q in ALL_QUEUES],
         "task_default_queue": ALL_QUEUES[0],
@@ -210,8 +212,8 @@ def deliver_webhook(self: Task, result: dict[str, Any], url: str) -> str:
 
 
 def worker_argv(settings: WorkerSettings, extra: list[str]) -> list[str]:
-    """``celery worker`` arguments: threads pool sized for batching, both lanes, events on."""
-    argv = ["worker", "--events"]
+    """``celery worker`` arguments: threads pool sized for batching, both lanes, events if configured."""
+    argv = ["worker", "--events"] if settings.metrics.task_events else ["worker"]
     if not any(a.startswith(("--queues", "-Q")) for a in extra):
         argv += ["--queues", ",".join(ALL_QUEUES)]  # both lanes, interactive polled first
     if not any(a.startswith(("--pool", "-P")) for a in extra):

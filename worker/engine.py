@@ -5,10 +5,15 @@ scores through a :class:`~worker.protocols.Classifier`. ``classify`` prepares in
 pool (Pillow and torch release the GIL) while the calling thread runs the model on the previous chunk,
 and yields exactly one :class:`Outcome` per input, in input order. Errors are isolated per item; a
 failing batch prediction turns that batch (only) into ``internal`` outcomes.
+
+With a :class:`~worker.engine_pool.EnginePool` (``batch.processes``; in-process scans only), ``classify`` hands
+chunks of one batch to engine processes instead, with the same contract; ``prepare`` and ``classifier`` stay
+in this process.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -32,6 +37,7 @@ from worker.protocols import Classifier, Fetcher
 from worker.verdict import verdict
 
 if TYPE_CHECKING:
+    from worker.engine_pool import EnginePool
     from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -103,7 +109,9 @@ class Engine:
         batch_size: int = 16,
         prepare_threads: int = 2,
         thresholds: Thresholds | None = None,
+        pool: EnginePool | None = None,
     ) -> None:
+        """``pool``: engine processes that run ``classify`` (closed with this engine); None = this process."""
         if batch_size < 1 or prepare_threads < 1:
             raise ValueError("batch_size and prepare_threads must be >= 1")
         self.spec = spec
@@ -113,12 +121,23 @@ class Engine:
         self.batch_size = batch_size
         self.prepare_threads = prepare_threads
         self.thresholds = thresholds or spec.thresholds
+        self.pool = pool
 
     @classmethod
     def from_settings(
-        cls, settings: WorkerSettings, fetcher: Fetcher, *, s3_client_factory: Callable[[], Any] | None = None
+        cls,
+        settings: WorkerSettings,
+        fetcher: Fetcher,
+        *,
+        s3_client_factory: Callable[[], Any] | None = None,
+        fetcher_factory: Callable[[], Fetcher] | None = None,
     ) -> Engine:
-        """Load the configured detector and build an engine around ``fetcher`` (ConfigError if unusable)."""
+        """Load the configured detector and build an engine around ``fetcher`` (ConfigError if unusable).
+
+        ``fetcher_factory``: a picklable callable that builds a fetcher like ``fetcher`` in another process.
+        Only with it does ``classify`` run on ``batch.processes`` engine processes (in-process scans); without
+        it (``fakesake worker``) the engine is this process alone, whatever ``batch.processes`` says.
+        """
         from worker.classifier import TorchClassifier
         from worker.fetch.s3 import make_s3_client
         from worker.models import registry
@@ -162,6 +181,16 @@ class Engine:
         else:
             classifier = TorchClassifier(detector)
         log.info("model backend %s (setting %s) on %s", backend, model.backend, detector.device)
+        pool = None
+        if fetcher_factory is not None:
+            from worker.engine_pool import EnginePool, resolve_processes
+
+            processes = resolve_processes(settings.batch.processes, detector.device.type)
+            if processes > 1:
+                pool = EnginePool.for_settings(settings, fetcher_factory, processes, spec.ref)
+                log.info(
+                    "classify runs on %d engine processes (batch.processes=%d)", processes, settings.batch.processes
+                )
         return cls(
             spec,
             classifier,
@@ -170,6 +199,7 @@ class Engine:
             batch_size=settings.batch.max_size,
             prepare_threads=settings.batch.prepare_threads,
             thresholds=thresholds,
+            pool=pool,
         )
 
     @property
@@ -178,8 +208,9 @@ class Engine:
         return str(getattr(self.classifier, "device", "unknown"))
 
     def close(self) -> None:
-        """Release resources. Prepare threads live only inside ``classify``, so there is nothing to stop;
-        kept so callers can treat engines as closeable whatever they hold in future."""
+        """Stop the engine processes, if any (prepare threads live only inside ``classify``)."""
+        if self.pool is not None:
+            self.pool.close()
 
     # --- one input ------------------------------------------------------------------------------------
 
@@ -209,8 +240,19 @@ class Engine:
     # --- many inputs ----------------------------------------------------------------------------------
 
     def classify(self, sources: Iterable[str]) -> Generator[Outcome, None, None]:
-        """One outcome per source, in order. Prepares up to two batches ahead of the model."""
+        """One outcome per source, in order. Prepares up to two batches ahead of the model.
+
+        With engine processes, inputs of more than one batch go to them in chunks of one batch (the batches this
+        process would make, so scores are identical); a single batch runs here, where decode threads overlap the
+        model on every core, instead of on one child's core (and a tiny scan starts no children).
+        """
         it = iter(sources)
+        if self.pool is not None:
+            head = list(itertools.islice(it, self.batch_size + 1))
+            if len(head) > self.batch_size:
+                yield from self.pool.classify(itertools.chain(head, it))
+                return
+            it = iter(head)
         window = 2 * self.batch_size
         pool = ThreadPoolExecutor(self.prepare_threads, thread_name_prefix="fakesake-prepare")
         pending: deque[Future[_Item]] = deque()

@@ -12,12 +12,16 @@ import logging
 import os
 import sys
 from collections.abc import Iterable, Iterator
+from functools import partial
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from producers.enumerate import expand_s3
 from producers.output import write_records
 from worker.settings import WorkerSettings
+
+if TYPE_CHECKING:
+    from worker.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +33,16 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", "
 def settings_from_args(args: argparse.Namespace, base: WorkerSettings | None = None) -> WorkerSettings:
     """Environment settings with the CLI flags the user gave laid over them."""
     settings = base or WorkerSettings()
-    model = {k: v for k, v in {
-        "name": args.model, "weights": args.weights, "device": args.device, "preprocess": args.preprocess,
-    }.items() if v is not None}
+    model = {
+        k: v
+        for k, v in {
+            "name": args.model,
+            "weights": args.weights,
+            "device": args.device,
+            "preprocess": args.preprocess,
+        }.items()
+        if v is not None
+    }
     update: dict[str, Any] = {"model": settings.model.model_copy(update=model)}
     if args.batch_size is not None:
         update["batch"] = settings.batch.model_copy(update={"max_size": args.batch_size})
@@ -64,6 +75,20 @@ def expand_inputs(inputs: Iterable[str], s3_client: Any = None) -> Iterator[str]
             yield item  # a file, or a path that does not exist: the fetcher reports not-found
 
 
+def scan_engine(settings: WorkerSettings, s3_client: Any = None) -> Engine:
+    """The engine of ``fakesake scan``: local files allowed, ``classify`` on ``batch.processes`` processes.
+
+    Engine processes build their own fetcher (and S3 client) from the same settings.
+    """
+    from worker.engine import Engine
+    from worker.fetch.router import build_fetcher
+
+    fetcher = build_fetcher(settings, allow_local_files=True, s3_client=s3_client)
+    return Engine.from_settings(
+        settings, fetcher, fetcher_factory=partial(build_fetcher, settings, allow_local_files=True)
+    )
+
+
 def _open_output(path: str | None) -> IO[str]:
     if path is None:
         return sys.stdout
@@ -74,15 +99,12 @@ def run_scan(args: argparse.Namespace) -> int:
     """Entry point of ``fakesake scan``; returns the process exit code."""
     from tqdm import tqdm
 
-    from worker.engine import Engine
-    from worker.fetch.router import build_fetcher
     from worker.fetch.s3 import make_s3_client
 
     settings = settings_from_args(args)
     needs_s3 = any(i.startswith("s3://") for i in args.inputs)
     s3_client = make_s3_client(settings.s3) if needs_s3 else None
-    fetcher = build_fetcher(settings, allow_local_files=True, s3_client=s3_client)
-    engine = Engine.from_settings(settings, fetcher)
+    engine = scan_engine(settings, s3_client)
 
     sources = expand_inputs(args.inputs, s3_client)
     failed = total = 0

@@ -24,8 +24,8 @@ class ModelSettings(BaseModel):
     device: str = Field(default="auto", description="auto|cpu|cuda|cuda:N")
     preprocess: Literal["exact", "tensor", "fast"] = Field(
         default="exact", description="exact = identical to the reference pipeline; tensor = plain JPEGs decoded "
-        "and resized with torch (~2x faster decode+preprocess, inputs within 1/255 of exact); fast = JPEG draft "
-        "decoding")
+        "and resized with torch (decode+preprocess ~2x faster; model inputs within 1/255 of exact, but scores moved "
+        "by up to 0.042 on seeded random weights, so opt-in only); fast = JPEG draft decoding")
     human_max: float | None = Field(default=None, ge=0, le=1, description="Override: score below -> band human")
     ai_min: float | None = Field(default=None, ge=0, le=1, description="Override: score at/above -> band ai")
     threads: int = Field(
@@ -41,6 +41,12 @@ class BatchSettings(BaseModel):
     max_size: int = Field(default=16, ge=1, le=1024, description="Largest inference batch")
     max_wait_ms: float = Field(default=10.0, ge=0, description="Longest a batch waits to fill after its first image")
     prepare_threads: int = Field(default=4, ge=1, description="Threads that fetch/decode/preprocess")
+    processes: int = Field(
+        default=0, ge=0,
+        description="In-process scans (fakesake scan): engine processes, each with its own model on 1 thread "
+        "doing fetch+decode+predict for one batch at a time; 0 = one per core on CPU with >= 2 cores, else 1; "
+        "1 = one process (prepare threads + one model thread). Ignored by fakesake worker (scale its "
+        "processes/containers instead)")
 
 
 class FetchSettings(BaseModel):
@@ -132,6 +138,11 @@ class MetricsSettings(BaseModel):
         default=120.0, ge=0,
         description="Liveness and readiness fail once the Celery consumer's event loop has not run for this "
         "long (a wedged or stopped consumer; also a broker unreachable this long); 0 = no such check")
+    task_events: bool = Field(
+        default=False,
+        description="Send Celery task events for every job (3 extra Redis publishes per job; 0-18% of end-to-end "
+        "throughput in two runs on 2 CPU cores). Flower turns them on by itself while it runs; "
+        "fakesake's own metrics do not need them")
     exit_on_consumer_stall: bool = Field(
         default=True,
         description="A worker whose consumer stalled (metrics.consumer_stall_s) ends itself with exit code 70 "

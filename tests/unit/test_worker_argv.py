@@ -10,7 +10,7 @@ from worker.settings import WorkerSettings
 
 def test_defaults_consume_both_lanes_on_a_threads_pool_sized_for_batching() -> None:
     argv = worker_argv(WorkerSettings(), [])
-    assert argv[:2] == ["worker", "--events"]
+    assert argv[0] == "worker" and "--events" not in argv
     assert "--queues" in argv and argv[argv.index("--queues") + 1] == "fakesake.interactive,fakesake.bulk"
     assert "--pool=threads" in argv and "--concurrency=36" in argv
 
@@ -32,3 +32,9 @@ def test_celery_config_guards_against_lossy_defaults() -> None:
     assert conf["worker_prefetch_multiplier"] == 1
     assert conf["broker_transport_options"]["visibility_timeout"] == 600
     assert conf["broker_transport_options"]["queue_order_strategy"] == "priority"
+
+
+def test_task_events_follow_the_setting() -> None:
+    on = WorkerSettings(metrics={"task_events": True})
+    assert worker_argv(on, [])[:2] == ["worker", "--events"] and celery_config(on)["worker_send_task_events"]
+    assert not celery_config(WorkerSettings())["worker_send_task_events"]
