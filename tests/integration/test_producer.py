@@ -66,18 +66,15 @@ def test_submit_many_keeps_order_and_lanes(producer: Producer, client: redis.Red
     assert (odd.job_id, odd.tenant) == (ids[7], "other")
 
 
-def test_submit_many_rate(producer: Producer) -> None:
-    """Target >= 5,000 jobs/s end to end (validation + encoding + Redis); best of three rounds."""
+def test_submit_many_enqueues_a_large_batch_completely(producer: Producer) -> None:
+    """10,000 jobs in one call: every one queued once and in the ledger (its speed is a bench row, not a test:
+    ``python -m bench --only producer``)."""
     n = 10_000
     items = [f"https://images.example.com/photos/{i:08d}.jpg" for i in range(n)]
-    best = 0.0
-    for _ in range(3):
-        producer.redis.delete("fakesake.bulk")
-        start = time.perf_counter()
-        producer.submit_many(items, tenant="acme", priority="bulk")
-        best = max(best, n / (time.perf_counter() - start))
+    ids = producer.submit_many(items, tenant="acme", priority="bulk")
+    assert len(set(ids)) == n
     assert producer.queue_depths()["bulk"] == n
-    assert best >= 5000, f"submit_many: {best:.0f} jobs/s"
+    assert producer.redis.hlen(Keys.LEDGER) == n and producer.redis.zcard(Keys.LEDGER_SEEN) == n
 
 
 @pytest.mark.parametrize(
