@@ -46,6 +46,19 @@ def client(redis_url: str) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Seeded random-weight ``ffs-mj-5m`` weights file (the on-disk layout the 1.0 repos publish).
+
+    Worker tests need a real model, not a good one. Imported lazily: torch is slow to import for unit runs.
+    """
+    from tests.support.checkpoints import seeded_state, write_snapshot
+    from worker.models import registry
+
+    spec = registry.get("ffs-mj-5m")
+    return write_snapshot(spec, tmp_path_factory.mktemp("ckpt"), seeded_state(spec))
+
+
+@pytest.fixture(scope="session")
 def s3_srv() -> Iterator[S3Server]:
     with s3_server() as server:
         yield server

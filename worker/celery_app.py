@@ -136,13 +136,11 @@ def _mark_received(request: Any = None, **_: Any) -> None:
     # The message is in kombu's unacked hash now: mark the job alive in the ledger (worker/ledger.py), so one
     # whose worker dies before starting it is left to kombu's restore rather than also re-queued by the
     # ledger. Without a runtime in this process (a prefork parent) the touch at processing start does it.
+    # rt.touch (runtime.DeferredToucher) only queues the id: it never blocks the consumer and never raises.
     rt = _runtime
     if rt is None or rt.touch is None or request is None or getattr(request, "name", None) != TASK_NAME:
         return
-    try:
-        rt.touch(request.id)
-    except Exception:  # the consumer must go on; the touch at processing start follows
-        log.warning("could not mark job %s received in the ledger", request.id, exc_info=True)
+    rt.touch(request.id)
 
 
 @signals.task_rejected.connect

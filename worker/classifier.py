@@ -51,8 +51,13 @@ class TorchClassifier:
         )
         with torch.inference_mode(), autocast:
             logits = self._module(x)
-        probs = logits.float().softmax(dim=1)[:, self.detector.spec.ai_index]
-        scores: list[float] = probs.cpu().tolist()
-        if len(scores) != len(x) or not all(0.0 <= s <= 1.0 for s in scores):  # NaN fails both comparisons
-            raise ValueError(f"model returned invalid scores for a batch of {len(x)}: {scores[:4]}...")
-        return scores
+        return p_ai(logits, self.detector.spec.ai_index, len(x))
+
+
+def p_ai(logits: torch.Tensor, ai_index: int, expected: int) -> list[float]:
+    """P(AI) per row of ``logits`` (softmax in fp32), for any backend; ValueError unless there are
+    ``expected`` scores, each a probability."""
+    scores: list[float] = logits.float().softmax(dim=1)[:, ai_index].cpu().tolist()
+    if len(scores) != expected or not all(0.0 <= s <= 1.0 for s in scores):  # NaN fails both comparisons
+        raise ValueError(f"model returned invalid scores for a batch of {expected}: {scores[:4]}...")
+    return scores

@@ -16,7 +16,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import os
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable
@@ -30,6 +29,7 @@ import torch
 
 from producers.contract import Band, ErrorInfo, Label, Status, Timings
 from producers.errors import ConfigError, FakesakeError, as_fakesake_error
+from worker.engine_pool import EnginePool, resolve_processes, usable_cores
 from worker.imaging import DecodePolicy
 from worker.models.registry import DetectorSpec, Thresholds
 from worker.preprocess import from_bytes
@@ -37,7 +37,6 @@ from worker.protocols import Classifier, Fetcher
 from worker.verdict import verdict
 
 if TYPE_CHECKING:
-    from worker.engine_pool import EnginePool
     from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -177,14 +176,12 @@ class Engine:
             # Half the cores by default: the prepare threads decode on the rest, and at 1024^2 JPEG decode and
             # model cost about the same per core. On the shared 2-core machine, engine img/s interleaved over 5
             # passes: 1 ORT thread median 14.1 vs 2 threads 9.5 (1 thread ahead in 4 of 5; load was heavy).
-            classifier = OnnxClassifier(detector, threads=model.threads or max(1, (os.cpu_count() or 2) // 2))
+            classifier = OnnxClassifier(detector, threads=model.threads or max(1, usable_cores() // 2))
         else:
             classifier = TorchClassifier(detector)
         log.info("model backend %s (setting %s) on %s", backend, model.backend, detector.device)
         pool = None
         if fetcher_factory is not None:
-            from worker.engine_pool import EnginePool, resolve_processes
-
             processes = resolve_processes(settings.batch.processes, detector.device.type)
             if processes > 1:
                 pool = EnginePool.for_settings(settings, fetcher_factory, processes, spec.ref)

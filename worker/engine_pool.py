@@ -77,15 +77,14 @@ def build_child_engine(
 ) -> Engine:
     """The engine of one child: the parent's settings with one model thread and one prepare thread; logs on
     stderr at the parent's level."""
-    import torch
-
     from worker.engine import Engine
     from worker.logs import setup_logging
 
     setup_logging(logging.getLevelName(log_level), settings.log.json_format)
 
-    threads = settings.model.threads or 1  # one intra-op thread unless the user asked for more
-    torch.set_num_threads(threads)  # also bounds torch ops in preprocessing, whatever the backend
+    # One intra-op thread unless the user asked for more; from_settings applies it to torch too (which bounds
+    # torch ops in preprocessing, whatever the backend).
+    threads = settings.model.threads or 1
     model = settings.model.model_copy(update={"threads": threads})
     batch = settings.batch.model_copy(update={"prepare_threads": 1, "processes": 1})
     child = settings.model_copy(update={"model": model, "batch": batch})

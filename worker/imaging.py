@@ -102,8 +102,12 @@ class DecodePolicy:
 
 def decode(data: bytes, policy: DecodePolicy) -> Image.Image:
     """Decode ``data`` into a fully loaded RGB image, or raise :class:`PermanentError` with a code."""
+    return load_rgb(open_checked(data, policy), policy)
+
+
+def load_rgb(img: ImageFile.ImageFile, policy: DecodePolicy) -> Image.Image:
+    """Steps 5-6 of :func:`decode` on an image from :func:`open_checked`: its pixels, as RGB."""
     with _bomb_guard():
-        img = open_checked(data, policy)
         if policy.mode == "fast" and img.format in _JPEG_FORMATS:
             side = policy.draft_factor * policy.target_px
             img.draft("RGB", (side, side))

@@ -233,12 +233,13 @@ class LedgerSweeper:
                 pipe.lindex(lane, -1)
             replies = pipe.execute()
         finished = {job_id: bool(n) for job_id, n in zip(live, replies, strict=False)}
-        head_ids = {lane: message_id(raw) for lane, raw in zip(lanes, replies[len(live) :], strict=True)}
-        empty = {lane: raw is None for lane, raw in zip(lanes, replies[len(live) :], strict=True)}
+        head_raws = dict(zip(lanes, replies[len(live) :], strict=True))
+        head_ids = {lane: message_id(raw) for lane, raw in head_raws.items()}
         known = [h for h in head_ids.values() if h is not None]
         scores = dict(zip(known, self.client.zmscore(Keys.LEDGER_SEEN, known), strict=True)) if known else {}
         heads = {
-            lane: (empty[lane], scores.get(h) if h is not None else None) for lane, h in head_ids.items()
+            lane: (head_raws[lane] is None, scores.get(h) if h is not None else None)
+            for lane, h in head_ids.items()
         }
         return finished, heads
 

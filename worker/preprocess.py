@@ -33,7 +33,7 @@ from PIL import Image
 from torchvision.io import ImageReadMode
 from torchvision.transforms import InterpolationMode
 
-from worker.imaging import DecodePolicy, decode, open_checked
+from worker.imaging import DecodePolicy, load_rgb, open_checked
 from worker.models.registry import Preprocessing
 
 log = logging.getLogger(__name__)
@@ -53,14 +53,12 @@ def to_tensor(img: Image.Image, pre: Preprocessing) -> torch.Tensor:
 
 def from_bytes(data: bytes, policy: DecodePolicy, pre: Preprocessing) -> torch.Tensor:
     """Decode + preprocess ``data`` by ``policy.mode``; raises PermanentError with a code on bad input."""
-    if policy.mode == "tensor" and pre.interpolation == "bilinear":
-        img = open_checked(data, policy)  # format allow-list, byte/pixel limits and their error codes
-        if img.format == "JPEG" and img.mode in _TENSOR_JPEG_MODES:
-            pixels = _decode_jpeg(data)
-            if pixels is not None:
-                resized = F2.resize(pixels, [pre.size_px, pre.size_px], antialias=True)
-                return _normalise(resized, pre)
-    return to_tensor(decode(data, policy), pre)
+    img = open_checked(data, policy)  # format allow-list, byte/pixel limits and their error codes
+    torch_path = pre.interpolation == "bilinear" and img.format == "JPEG" and img.mode in _TENSOR_JPEG_MODES
+    if policy.mode == "tensor" and torch_path and (pixels := _decode_jpeg(data)) is not None:
+        resized = F2.resize(pixels, [pre.size_px, pre.size_px], antialias=True)
+        return _normalise(resized, pre)
+    return to_tensor(load_rgb(img, policy), pre)  # the header is read once, whichever decoder runs
 
 
 def _decode_jpeg(data: bytes) -> torch.Tensor | None:

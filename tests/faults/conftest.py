@@ -1,4 +1,5 @@
-"""Fixtures of the fault suite: one checkpoint and image set per session, a fresh rig per scenario."""
+"""Fixtures of the fault suite: one image set per session (the checkpoint is ``tests/conftest.py``'s), a fresh
+rig per scenario."""
 
 from __future__ import annotations
 
@@ -13,26 +14,16 @@ from tests.support.servers import http_server, redis_server
 
 
 @pytest.fixture(scope="session")
-def fault_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Seeded random weights for the default detector: fault tests need a real model, not a good one."""
-    from tests.support.checkpoints import seeded_state, write_snapshot
-    from worker.models import registry
-
-    spec = registry.get("ffs-mj-5m")
-    return write_snapshot(spec, tmp_path_factory.mktemp("fault-weights"), seeded_state(spec))
-
-
-@pytest.fixture(scope="session")
 def fault_images() -> list[bytes]:
     """Small, distinct JPEGs: decoding is not what these tests are about."""
     return [encode(photo(64 + 8 * i, 48 + 4 * i, seed=i), "JPEG", quality=85) for i in range(8)]
 
 
 @pytest.fixture()
-def rig(fault_weights: Path, fault_images: list[bytes]) -> Iterator[Rig]:
+def rig(checkpoint: Path, fault_images: list[bytes]) -> Iterator[Rig]:
     """Own redis-server with AOF (``appendfsync always``, as deployed), an HTTP image server, no workers yet."""
     with redis_server(appendonly=True) as server, http_server() as http:
-        rig = Rig(redis=server, http=http, weights=fault_weights, images=fault_images)
+        rig = Rig(redis=server, http=http, weights=checkpoint, images=fault_images)
         try:
             yield rig
         finally:

@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import redis as redis_py
@@ -43,20 +42,6 @@ BASE_ENV = {
     "FAKESAKE_RETRY__MAX_DELIVERIES": "3",
     "FAKESAKE_LOG__LEVEL": "INFO",
 }
-
-
-def slow_image(body: bytes, delay_s: float) -> Route:
-    """A route that answers after ``delay_s``: keeps jobs in flight long enough to be caught by a fault."""
-
-    def handler(request: BaseHTTPRequestHandler) -> None:
-        time.sleep(delay_s)
-        request.send_response(200)
-        request.send_header("Content-Type", "image/jpeg")
-        request.send_header("Content-Length", str(len(body)))
-        request.end_headers()
-        request.wfile.write(body)
-
-    return Route(handler=handler)
 
 
 @dataclass
@@ -99,6 +84,13 @@ class Rig:
         worker.start(wait_ready_s=120 if wait else 0)
         return worker
 
+    def start_workers(self, names: list[str], **env: str) -> None:
+        """Start workers side by side (their model loads overlap), then wait until all are ready."""
+        for name in names:
+            self.start_worker(name, wait=False, env=env)
+        for name in names:
+            self.workers[name].wait_ready(120)
+
     def producer(self, max_depth: int = 100_000) -> Producer:
         settings = ProducerSettings(
             redis=RedisSettings(url=self.redis.url, socket_timeout_s=2),
@@ -109,12 +101,13 @@ class Rig:
 
     def http_sources(self, n: int, *, delay_s: float = 0.0, prefix: str = "img") -> list[str]:
         """``n`` distinct URLs (one route each, so hits can be counted per job) over the test images."""
-        urls = []
-        for i in range(n):
-            body = self.images[i % len(self.images)]
-            route = slow_image(body, delay_s) if delay_s else Route(body=body, content_type="image/jpeg")
-            urls.append(self.http.add(f"/{prefix}/{i}.jpg", route))
-        return urls
+        return [
+            self.http.add(
+                f"/{prefix}/{i}.jpg",
+                Route(body=self.images[i % len(self.images)], content_type="image/jpeg", delay_s=delay_s),
+            )
+            for i in range(n)
+        ]
 
     def recorder(self, tenant: str = TENANT) -> ResultRecorder:
         return ResultRecorder(self.redis.url, tenant)

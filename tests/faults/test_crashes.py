@@ -30,19 +30,11 @@ def wait_in_flight(rig: Rig, rec: ResultRecorder, timeout_s: float = 10.0) -> se
     return in_flight
 
 
-def start_workers(rig: Rig, names: list[str], **env: str) -> None:
-    """Start workers side by side (their model loads overlap), then wait until all are ready."""
-    for name in names:
-        rig.start_worker(name, wait=False, env=env)
-    for name in names:
-        rig.workers[name].wait_ready(120)
-
-
 def test_kill_9_mid_batch_repeatedly(rig: Rig) -> None:
     """Three SIGKILLs of alternating workers while jobs flow; each killed worker is restarted."""
     kills = 3
     # a job caught in every kill is delivered kills + 1 times: keep it below the poison threshold
-    start_workers(rig, ["w1", "w2"], FAKESAKE_RETRY__MAX_DELIVERIES=str(kills + 2))
+    rig.start_workers(["w1", "w2"], FAKESAKE_RETRY__MAX_DELIVERIES=str(kills + 2))
     sources = rig.http_sources(300, delay_s=0.1)
     t0 = time.monotonic()
     recoveries: list[tuple[float, set[str]]] = []
@@ -112,7 +104,7 @@ def test_poison_job_is_dead_lettered(rig: Rig) -> None:
     """A job that kills its worker on every delivery is dead-lettered after max_deliveries; others finish."""
     max_deliveries = 3
     names = ["w1", "w2"]
-    start_workers(rig, names, FAKESAKE_RETRY__MAX_DELIVERIES=str(max_deliveries))
+    rig.start_workers(names, FAKESAKE_RETRY__MAX_DELIVERIES=str(max_deliveries))
     route, deaths = poison_route(rig, names)
     poison_url = rig.http.add("/poison.jpg", route)
     sources = rig.http_sources(150, delay_s=0.1)

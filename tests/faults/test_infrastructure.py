@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 
 from producers.contract import JobResult
 from producers.errors import TransientError
 from tests.faults.invariants import Figures, check, untraced
 from tests.faults.rig import Rig
-from tests.faults.test_crashes import start_workers
 from tests.support.faultproxy import fault_proxy
 from tests.support.servers import S3Server
 
 
-def submit_resilient(rig: Rig, sources: list[str], chunk: int, every_s: float, on_ids) -> tuple[list[str], int]:  # type: ignore[no-untyped-def]
+def submit_resilient(
+    rig: Rig, sources: list[str], chunk: int, every_s: float, on_ids: Callable[[list[str]], None]
+) -> tuple[list[str], int]:
     """A producer that keeps going through a Redis outage: on ``unavailable`` it waits and resubmits the
     same chunk. Idempotency keys make the resubmission safe if the first try did reach Redis."""
     producer = rig.producer()
@@ -41,12 +44,10 @@ def submit_resilient(rig: Rig, sources: list[str], chunk: int, every_s: float, o
 # is what would catch that again; tests/integration/test_broker_transport.py reproduces the defect itself.
 def test_redis_restart_with_aof(rig: Rig) -> None:
     """Redis is SIGKILLed mid-run and restarted from its AOF: workers and producers reconnect, nothing lost."""
-    start_workers(rig, ["w1", "w2"])
+    rig.start_workers(["w1", "w2"])
     sources = rig.http_sources(240, delay_s=0.05)
     t0 = time.monotonic()
     with rig.recorder() as rec:
-        import threading
-
         outage: dict[str, float] = {}
 
         def crash_redis() -> None:
@@ -118,7 +119,7 @@ def test_redis_restart_without_persistence_loses_queued_jobs(rig: Rig) -> None:
 def test_result_store_unavailable_while_finishing(rig: Rig) -> None:
     """Writes stall (CLIENT PAUSE WRITE) longer than the workers' Redis timeout while batches finish:
     the jobs whose results could not be stored are not acked; they come back and finish."""
-    start_workers(rig, ["w1", "w2"], FAKESAKE_REDIS__SOCKET_TIMEOUT_S="1")
+    rig.start_workers(["w1", "w2"], FAKESAKE_REDIS__SOCKET_TIMEOUT_S="1")
     sources = rig.http_sources(200, delay_s=0.05)
     t0 = time.monotonic()
     with rig.recorder() as rec:
@@ -159,7 +160,7 @@ def test_transient_s3_and_http_faults(rig: Rig, s3_srv: S3Server) -> None:
     ):
         rig.s3_endpoint = s3_proxy.url
         rig.extra_ports = (http_proxy.port,)
-        start_workers(rig, ["w1"], FAKESAKE_FETCH__READ_TIMEOUT_S="1", FAKESAKE_FETCH__CONNECT_TIMEOUT_S="1")
+        rig.start_workers(["w1"], FAKESAKE_FETCH__READ_TIMEOUT_S="1", FAKESAKE_FETCH__CONNECT_TIMEOUT_S="1")
         urls = [u.replace(f":{rig.http.port}/", f":{http_proxy.port}/") for u in rig.http_sources(n)]
         s3_sources = [f"s3://{bucket}/img/{i}.jpg" for i in range(n)]
         t0 = time.monotonic()

@@ -1,4 +1,4 @@
-"""Shared fixtures of the queue end-to-end tests: a checkpoint, a worker-facing HTTP server, S3 bucket, worker.
+"""Shared fixtures of the queue end-to-end tests: a worker-facing HTTP server, S3 bucket, worker.
 
 A real worker costs ~8 s to start, so one module-scoped worker serves every test of a module that can share
 it; tests that need other worker settings start their own with :func:`start_workers`. Each worker stack gets
@@ -69,16 +69,6 @@ def start_workers(envs: list[dict[str, str]], names: list[str] | None = None) ->
         for w in workers:
             w.wait_ready(120)
         yield workers
-
-
-@pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Seeded random-weight ``ffs-mj-5m`` weights file (the on-disk layout the 1.0 repos publish)."""
-    from tests.support.checkpoints import seeded_state, write_snapshot
-    from worker.models import registry
-
-    spec = registry.get("ffs-mj-5m")
-    return write_snapshot(spec, tmp_path_factory.mktemp("ckpt"), seeded_state(spec))
 
 
 @pytest.fixture(scope="module")

@@ -140,6 +140,7 @@ class Route:
     content_type: str = "application/octet-stream"
     headers: dict[str, str] = field(default_factory=dict)
     handler: Callable[[BaseHTTPRequestHandler], None] | None = None
+    delay_s: float = 0.0  # wait before answering: keeps a fetch in flight long enough for a fault to hit it
 
 
 Handler = Callable[[BaseHTTPRequestHandler], None]
@@ -212,6 +213,7 @@ class HttpServer:
                 if route.handler is not None:
                     route.handler(self)
                     return
+                time.sleep(route.delay_s)
                 self.send_response(route.status)
                 self.send_header("Content-Type", route.content_type)
                 self.send_header("Content-Length", str(len(route.body)))

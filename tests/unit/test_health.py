@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -295,3 +298,26 @@ def test_start_health_runs_heartbeat_and_server(tmp_path: Path) -> None:
 def test_max_age_must_exceed_interval() -> None:
     with pytest.raises(ValueError, match="heartbeat_max_age_s"):
         MetricsSettings(heartbeat_interval_s=10, heartbeat_max_age_s=5)
+
+
+# Logs go through a MemoryHandler that only an explicit flush empties; atexit and finally must not run.
+_EXIT_SCRIPT = textwrap.dedent(
+    """
+    import atexit, logging, logging.handlers, sys
+    from worker.health import exit_process
+    target = logging.StreamHandler(sys.stderr)
+    logging.getLogger().addHandler(logging.handlers.MemoryHandler(100, flushLevel=100, target=target))
+    atexit.register(print, "atexit ran")
+    try:
+        exit_process("the consumer loop last ran 200s ago")
+    finally:
+        print("unwound")
+    """
+)
+
+
+def test_exit_process_flushes_the_logs_and_ends_the_process_at_once_with_exit_70() -> None:
+    proc = subprocess.run([sys.executable, "-c", _EXIT_SCRIPT], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == health.EXIT_CONSUMER_STALLED == 70
+    assert "exiting: the consumer loop last ran 200s ago" in proc.stderr
+    assert proc.stdout == ""  # os._exit: no finally, no atexit (a wedged Celery may never unwind)

@@ -12,7 +12,7 @@ from tests.support.checkpoints import seeded_module, seeded_state, write_snapsho
 from tests.support.fetchers import MemoryFetcher
 from tests.support.images import photo
 from worker.backends.onnx import OnnxClassifier
-from worker.classifier import TorchClassifier
+from worker.classifier import TorchClassifier, p_ai
 from worker.engine import Engine
 from worker.models import registry
 from worker.models.loader import LoadedDetector
@@ -99,3 +99,14 @@ def test_auto_falls_back_to_torch_without_onnxruntime(tmp_path: Path, monkeypatc
     weights = write_snapshot(SPEC, tmp_path, seeded_state(SPEC, 0))
     settings = WorkerSettings.model_validate({"model": {"weights": str(weights), "device": "cpu", "threads": 1}})
     assert isinstance(Engine.from_settings(settings, MemoryFetcher({})).classifier, TorchClassifier)
+
+
+@pytest.mark.parametrize(
+    ("logits", "expected"),
+    [([[0.0, float("nan")]], 1), ([[0.0, 1.0]], 2)],
+    ids=["nan", "too-few"],
+)
+def test_invalid_logits_are_refused(logits: list[list[float]], expected: int) -> None:
+    """Both backends share p_ai: a NaN or a missing score is a ValueError (the engine's ``internal``)."""
+    with pytest.raises(ValueError, match="invalid scores"):
+        p_ai(torch.tensor(logits), 1, expected)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from producers.errors import ConfigError
+from worker.classifier import p_ai
 from worker.models.loader import LoadedDetector
 
 log = logging.getLogger(__name__)
@@ -97,8 +98,4 @@ class OnnxClassifier:
         x = batch if isinstance(batch, torch.Tensor) else torch.stack(list(batch))
         array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
         (logits,) = self._session.run([_OUTPUT], {_INPUT: array})
-        probs = torch.from_numpy(logits).float().softmax(dim=1)[:, self.detector.spec.ai_index]
-        scores: list[float] = probs.tolist()
-        if len(scores) != len(x) or not all(0.0 <= s <= 1.0 for s in scores):  # NaN fails both comparisons
-            raise ValueError(f"model returned invalid scores for a batch of {len(x)}: {scores[:4]}...")
-        return scores
+        return p_ai(torch.from_numpy(logits), self.detector.spec.ai_index, len(x))
