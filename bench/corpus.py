@@ -72,7 +72,7 @@ def image_set(root: Path, name: str, count: int, seed: int = 0) -> ImageSet:
 def weights_file(root: Path) -> Path:
     """A seeded checkpoint of the bench model in the published layout (a plain state_dict)."""
     from tests.support.checkpoints import seeded_state, write_snapshot
-    from worker.models import registry
+    from worker.core import registry
 
     spec = registry.get(SPEC_NAME)
     path = root / "weights" / spec.weights_file
@@ -83,7 +83,7 @@ def weights_file(root: Path) -> Path:
 
 def worker_settings(weights: Path, device: str = "cpu", **groups: dict[str, Any]) -> Any:
     """The code's default WorkerSettings with the bench's weights, ``device`` and overrides per group."""
-    from worker.settings import WorkerSettings
+    from worker.service.settings import WorkerSettings
 
     data: dict[str, Any] = {k: dict(v) for k, v in groups.items()}
     data["model"] = {"name": SPEC_NAME, "weights": str(weights), "device": device, **data.get("model", {})}
@@ -93,7 +93,7 @@ def worker_settings(weights: Path, device: str = "cpu", **groups: dict[str, Any]
 
 def scan_engine(settings: Any) -> Any:
     """The in-process ``fakesake scan`` engine for ``settings`` (local files allowed)."""
-    from worker.engine import Engine
+    from worker.core.pipeline import Engine
     from worker.fetch.router import build_fetcher
 
     return Engine.from_settings(settings, build_fetcher(settings, allow_local_files=True))

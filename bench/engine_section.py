@@ -18,7 +18,7 @@ import torch
 from bench.common import Context, Row, interleaved, median, ratio_of, timed_rate
 from bench.corpus import SPEC_NAME, image_set, weights_file, worker_settings
 from tests.support.card import CardPipeline
-from worker.scan import scan_engine
+from worker.service.scan import scan_engine
 
 SECTION = "engine"
 COUNTS = {"jpeg-1024": (64, 24), "jpeg-4032x3024": (6, 3), "png-1024": (16, 6), "webp-1024": (16, 6)}
@@ -58,7 +58,7 @@ def per_image_ms(run: Callable[[], object], count: int, repeats: int) -> float:
 def classifier_on(classifier: Any, threads: int) -> tuple[Any, contextlib.AbstractContextManager[None]]:
     """The same model on ``threads`` threads (ORT: a new session; torch: the same module, N intra-op threads)."""
     if type(classifier).__name__ == "OnnxClassifier":
-        from worker.backends.onnx import OnnxClassifier
+        from worker.inference.onnx_classifier import OnnxClassifier
 
         graph = classifier.graph
         return OnnxClassifier(classifier.detector, threads=threads, graph=graph), contextlib.nullcontext()
@@ -99,7 +99,7 @@ def warm_up(engine: Any, sources: list[str]) -> None:
 
 
 def run(ctx: Context) -> list[Row]:
-    from worker.models import registry
+    from worker.core import registry
 
     weights = ctx.once("weights", lambda: weights_file(ctx.workdir))
     spec = registry.get(SPEC_NAME)

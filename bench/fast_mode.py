@@ -26,9 +26,9 @@ from bench.corpus import image_set, scan_engine
 from bench.engine_section import engine_rate
 from tests.support.fetchers import MemoryFetcher
 from tests.support.images import encode
-from worker.engine import Engine
-from worker.imaging import DecodePolicy, decode
-from worker.preprocess import to_tensor
+from worker.core.pipeline import Engine
+from worker.inference.imaging import DecodePolicy, decode
+from worker.inference.preprocess import to_tensor
 
 
 def _deltas(a: list[float], b: list[float]) -> tuple[float, float]:

@@ -21,12 +21,12 @@ from bench import fast_mode
 from bench.common import Context, Row, interleaved, median, percentile, ratio_of, timed_rate
 from bench.corpus import SPEC_NAME, image_set, scan_engine, weights_file, worker_settings
 from bench.engine_section import engine_rate, warm_up
-from worker import scan
-from worker.batching import BatchPolicy
-from worker.classifier import TorchClassifier
-from worker.engine_pool import usable_cores
-from worker.inference_loop import InferenceLoop
-from worker.models.loader import LoadedDetector
+from worker.core.batcher import InferenceLoop
+from worker.core.batching import BatchPolicy
+from worker.inference.loader import LoadedDetector
+from worker.inference.process_pool import usable_cores
+from worker.inference.torch_classifier import TorchClassifier
+from worker.service import scan
 
 log = logging.getLogger(__name__)
 PARITY = 1e-4
@@ -38,7 +38,7 @@ def _model_rate(predict: Callable[[list[torch.Tensor]], list[float]], batch: lis
 
 def _classifiers(ctx: Context, detector: LoadedDetector, batch: list[torch.Tensor]) -> dict[str, tuple[Any, str]]:
     """name -> (classifier, note). Each torch variant gets its own copy of the module (memory format)."""
-    from worker.backends.onnx import OnnxClassifier
+    from worker.inference.onnx_classifier import OnnxClassifier
 
     def clone() -> LoadedDetector:
         return LoadedDetector(detector.spec, copy.deepcopy(detector.module), detector.device)

@@ -24,10 +24,10 @@ from kombu import Queue  # type: ignore[attr-defined]
 from PIL import Image
 
 from producers.contract import ALL_QUEUES, TASK_NAME, JobMessage, JobResult, Status, Timings
+from worker.core import registry
+from worker.core.verdict import verdict
 from worker.fetch.local import local_path
-from worker.models import registry
-from worker.results import RedisResultStore
-from worker.verdict import verdict
+from worker.stores.results import RedisResultStore
 
 BROKER = os.environ.get("BENCH_BROKER", "redis://127.0.0.1:6379/0")
 SPEC = registry.get(os.environ.get("BENCH_MODEL", "ffs-mj-5m"))

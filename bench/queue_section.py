@@ -68,7 +68,7 @@ def real_worker(ctx: Context, **env_overrides: str) -> dict[str, Any]:
     """redis-server + one ``fakesake worker`` with default settings (started once per run and overrides)."""
 
     def start() -> dict[str, Any]:
-        from worker.celery_app import worker_argv
+        from worker.service.celery_app import worker_argv
 
         server = ctx.stack.enter_context(redis_server())
         weights = ctx.once("weights", lambda: weights_file(ctx.workdir))

@@ -1,6 +1,6 @@
 """``fakesake submit``, ``fakesake result`` and ``fakesake dlq``: the producer side of the command line.
 
-Mounted by the root CLI (``worker/cli.py``) through :func:`add_subcommands`; each sub-command sets
+Mounted by the root CLI (``worker/service/cli.py``) through :func:`add_subcommands`; each sub-command sets
 ``run(args) -> exit code``. Exit codes: 0 all ok, 3 some jobs failed (each reported), 2 usage or
 configuration error (bad manifest, Redis unreachable). Imports stay light: no torch, no Celery app.
 """
@@ -31,9 +31,7 @@ def result_record(result: JobResult, source: str | None = None) -> dict[str, Any
         "label": None if result.label is None else result.label.value,
         "band": None if result.band is None else result.band.value,
         "model": result.model,
-        "error": None
-        if result.error is None
-        else {"code": result.error.code, "message": result.error.message},
+        "error": None if result.error is None else {"code": result.error.code, "message": result.error.message},
         "job_id": result.job_id,
         "attempts": result.attempts,
         "timings": result.timings.model_dump(),
@@ -93,12 +91,8 @@ def _common(p: argparse.ArgumentParser, *, formats: bool = True) -> None:
 
 def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Mount ``submit``, ``result`` and ``dlq`` on the root parser's sub-parsers."""
-    p = sub.add_parser(
-        "submit", help="enqueue images (URLs, s3:// objects or prefixes, manifests) for workers"
-    )
-    p.add_argument(
-        "inputs", nargs="*", metavar="INPUT", help="http(s):// URL, s3://bucket/key or s3://bucket/prefix/"
-    )
+    p = sub.add_parser("submit", help="enqueue images (URLs, s3:// objects or prefixes, manifests) for workers")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="http(s):// URL, s3://bucket/key or s3://bucket/prefix/")
     p.add_argument(
         "--manifest",
         action="append",
@@ -116,9 +110,7 @@ def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--callback-url", help="POST each signed result here")
     p.add_argument("--idempotency-key", help="only with a single input: resubmitting returns the same job")
     p.add_argument("--wait", action="store_true", help="wait for the results and print them")
-    p.add_argument(
-        "--timeout", type=float, default=600.0, help="--wait at most this many seconds (default 600)"
-    )
+    p.add_argument("--timeout", type=float, default=600.0, help="--wait at most this many seconds (default 600)")
     p.add_argument(
         "--wait-if-full",
         type=float,
@@ -191,9 +183,7 @@ def _enqueue_all(
         else:
             done = True
         try:
-            accepted = dict(
-                enumerate(producer.enqueue([job for _, job in chunk], wait_if_full_s=args.wait_if_full))
-            )
+            accepted = dict(enumerate(producer.enqueue([job for _, job in chunk], wait_if_full_s=args.wait_if_full)))
         except QueueFullError as exc:
             accepted = exc.accepted
             for n, (index, _) in enumerate(chunk):
@@ -233,9 +223,7 @@ def run_submit(args: argparse.Namespace) -> int:
                 file=sys.stderr,
                 disable=True if args.no_progress else None,
             ) as bar:
-                results = producer.wait(
-                    wanted, tenant, timeout_s=args.timeout, on_result=lambda _: bar.update(1)
-                )
+                results = producer.wait(wanted, tenant, timeout_s=args.timeout, on_result=lambda _: bar.update(1))
     except FakesakeError as exc:
         return _fail(exc)
     for index, job_id in enumerate(job_ids):
@@ -295,7 +283,7 @@ def _dead_record(letter: Any) -> dict[str, Any]:
 
 def run_dlq_list(args: argparse.Namespace) -> int:
     """``fakesake dlq list``: one record per dead letter not yet re-driven."""
-    from worker.dlq import DeadLetters
+    from producers.dlq import DeadLetters
 
     try:
         letters = DeadLetters(_producer(args).redis).list(args.limit)
@@ -308,7 +296,7 @@ def run_dlq_list(args: argparse.Namespace) -> int:
 
 def run_dlq_retry(args: argparse.Namespace) -> int:
     """``fakesake dlq retry JOB_ID... | --all``: re-enqueue under new ids; prints old id -> new id."""
-    from worker.dlq import DeadLetters
+    from producers.dlq import DeadLetters
 
     if bool(args.job_ids) == bool(args.all):
         print("fakesake dlq retry: give JOB_IDs or --all", file=sys.stderr)

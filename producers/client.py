@@ -8,7 +8,7 @@ that points at a job that was never queued, nor a queued job whose key was lost.
 
 The same script records each pushed job in the ledger (``Keys.LEDGER``: job id -> the job's fields as
 compact JSON, :func:`producers.wire.encode`, from which the same message is rebuilt; ``Keys.LEDGER_SEEN``:
-Redis TIME of the push). The result store removes the entry with the final result, and ``worker.ledger``
+Redis TIME of the push). The result store removes the entry with the final result, and ``worker.stores.ledger``
 re-pushes entries that are neither queued, nor being processed, nor finished — the message a SIGKILLed worker
 had popped with BRPOP before kombu recorded it (docs/RELIABILITY.md).
 """
@@ -101,9 +101,7 @@ def check_ids(tenant: str, job_id: str | None = None) -> None:
     except ValidationError as exc:
         raise PermanentError(ErrorCode.INVALID_JOB, f"invalid tenant {tenant!r}: {_messages(exc)}") from exc
     if job_id is not None and not _JOB_ID.match(job_id):
-        raise PermanentError(
-            ErrorCode.INVALID_JOB, f"invalid job id {job_id!r}: expected 8-64 of [A-Za-z0-9_-]"
-        )
+        raise PermanentError(ErrorCode.INVALID_JOB, f"invalid job id {job_id!r}: expected 8-64 of [A-Za-z0-9_-]")
 
 
 def _messages(exc: ValidationError) -> str:
@@ -118,9 +116,7 @@ class Producer:
     Thread-safe (redis-py clients are). ``redis_client`` overrides the connection built from settings.
     """
 
-    def __init__(
-        self, settings: ProducerSettings | None = None, *, redis_client: redis.Redis | None = None
-    ) -> None:
+    def __init__(self, settings: ProducerSettings | None = None, *, redis_client: redis.Redis | None = None) -> None:
         self.settings = settings or ProducerSettings()
         self.redis = redis_client if redis_client is not None else redis_from_settings(self.settings.redis)
         self._enqueue = self.redis.register_script(_ENQUEUE_LUA)
@@ -210,9 +206,7 @@ class Producer:
         Returns job ids in input order. Items are sources or dicts with ``source`` and any of
         ``tenant, model, priority, idempotency_key, callback_url, source_version``.
         """
-        jobs = self.build_jobs(
-            items, tenant=tenant, model=model, priority=priority, callback_url=callback_url
-        )
+        jobs = self.build_jobs(items, tenant=tenant, model=model, priority=priority, callback_url=callback_url)
         return self.enqueue(jobs, wait_if_full_s=wait_if_full_s)
 
     def enqueue(self, jobs: Sequence[JobMessage], *, wait_if_full_s: float = 0) -> list[str]:
@@ -316,9 +310,7 @@ class Producer:
         found: dict[str, JobResult] = {}
         for start in range(0, len(job_ids), 1000):
             chunk = job_ids[start : start + 1000]
-            for job_id, raw in zip(
-                chunk, self.redis.mget([Keys.result(tenant, j) for j in chunk]), strict=True
-            ):
+            for job_id, raw in zip(chunk, self.redis.mget([Keys.result(tenant, j) for j in chunk]), strict=True):
                 if raw is not None:
                     found[job_id] = JobResult.model_validate_json(raw)
         return found

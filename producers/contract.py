@@ -128,11 +128,17 @@ class JobMessage(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     schema_version: Literal[1] = SCHEMA_VERSION
-    job_id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=8, max_length=64,
-                        pattern=r"^[A-Za-z0-9_-]+$", description="Unguessable job id (uuid4 hex)")
+    job_id: str = Field(
+        default_factory=lambda: uuid.uuid4().hex,
+        min_length=8,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="Unguessable job id (uuid4 hex)",
+    )
     tenant: TenantId = Field(description="Caller's tenant; results are namespaced by it")
-    source: str = Field(min_length=1, max_length=4096,
-                        description="s3://bucket/key, http(s):// URL, or file:// (development only)")
+    source: str = Field(
+        min_length=1, max_length=4096, description="s3://bucket/key, http(s):// URL, or file:// (development only)"
+    )
     source_version: str | None = Field(default=None, max_length=1024, description="S3 object version id")
     model: str = Field(default="ffs-mj-5m", max_length=64, description="Detector registry name")
     priority: Priority = Priority.INTERACTIVE

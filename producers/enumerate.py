@@ -19,7 +19,7 @@ from producers.errors import ErrorCode, PermanentError
 
 # S3 access is shared with the worker's fetcher and ``fakesake scan`` (pure boto3, no torch): one client
 # factory and one listing with one error mapping (NoSuchBucket -> not-found, AccessDenied -> forbidden, ...).
-from worker.fetch.s3 import list_prefix, make_s3_client
+from producers.s3 import list_prefix, make_s3_client
 
 __all__ = ["ITEM_FIELDS", "expand_inputs", "expand_s3", "list_prefix", "make_s3_client", "read_manifest"]
 

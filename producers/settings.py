@@ -19,14 +19,17 @@ ENV_PREFIX = "FAKESAKE_"
 class RedisSettings(BaseModel):
     """Broker and result store connection."""
 
-    url: str = Field(default="redis://127.0.0.1:6379/0",
-                     description="Redis URL (redis:// or rediss:// for TLS); user:password@ for ACL auth")
+    url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="Redis URL (redis:// or rediss:// for TLS); user:password@ for ACL auth",
+    )
     password: SecretStr | None = Field(default=None, description="Password, if not in the URL")
     ssl_ca_certs: str | None = Field(default=None, description="CA bundle for rediss:// (path)")
     ssl_cert_reqs: str = Field(default="required", description="rediss:// certificate check: required|optional|none")
     socket_timeout_s: float = Field(default=10.0, gt=0, description="Socket timeout for Redis calls")
-    visibility_timeout_s: int = Field(default=600, gt=0,
-                                      description="Seconds before an unacked job is redelivered to another worker")
+    visibility_timeout_s: int = Field(
+        default=600, gt=0, description="Seconds before an unacked job is redelivered to another worker"
+    )
 
 
 class S3Settings(BaseModel):
@@ -38,7 +41,8 @@ class S3Settings(BaseModel):
     secret_access_key: SecretStr | None = Field(default=None, description="Secret key; None = default chain")
     max_attempts: int = Field(default=4, ge=1, description="boto3 standard retry mode total attempts")
     allowed_buckets: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Comma-separated bucket allow-list; empty = any bucket")
+        default_factory=list, description="Comma-separated bucket allow-list; empty = any bucket"
+    )
 
     @field_validator("allowed_buckets", mode="before")
     @classmethod

@@ -52,7 +52,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Worker tests need a real model, not a good one. Imported lazily: torch is slow to import for unit runs.
     """
     from tests.support.checkpoints import seeded_state, write_snapshot
-    from worker.models import registry
+    from worker.core import registry
 
     spec = registry.get("ffs-mj-5m")
     return write_snapshot(spec, tmp_path_factory.mktemp("ckpt"), seeded_state(spec))

@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from worker.settings import MetricsSettings
-from worker.settings_doc import env_var_names
+from worker.service.settings import MetricsSettings
+from worker.service.settings_doc import env_var_names
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -44,7 +44,7 @@ def unknown_settings(names: Iterable[str]) -> list[str]:
 
 @cache
 def _parser() -> argparse.ArgumentParser:
-    from worker.cli import build_parser
+    from worker.service.cli import build_parser
 
     return build_parser()
 

@@ -37,9 +37,7 @@ def test_external_bases_are_pinned_by_tag() -> None:
             continue
         assert "$" not in stage.base, f"{stage.name}: unresolved base {stage.base}"
         name, _, tag = stage.base.rpartition(":")
-        assert name and tag and tag != "latest" and "/" not in tag, (
-            f"{stage.name}: base {stage.base} not pinned"
-        )
+        assert name and tag and tag != "latest" and "/" not in tag, f"{stage.name}: base {stage.base} not pinned"
 
 
 @pytest.mark.parametrize("target", TARGETS)

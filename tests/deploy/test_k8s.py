@@ -22,8 +22,8 @@ from tests.deploy.support import (
     project_version,
     unknown_settings,
 )
-from worker.health import ROUTES
-from worker.settings import WorkerSettings
+from worker.service.health import ROUTES
+from worker.service.settings import WorkerSettings
 
 K8S = DEPLOY / "k8s"
 NAMESPACE = "fakesake"
@@ -181,9 +181,7 @@ def test_workers_run_as_non_root_with_a_writable_tmp(name: str) -> None:
     assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] > 0
     (container,) = _containers(_kind("Deployment")[name])
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
-    heartbeat_dir = str(
-        Path(_kind("ConfigMap")["fakesake-config"]["data"]["FAKESAKE_METRICS__HEARTBEAT_FILE"]).parent
-    )
+    heartbeat_dir = str(Path(_kind("ConfigMap")["fakesake-config"]["data"]["FAKESAKE_METRICS__HEARTBEAT_FILE"]).parent)
     assert heartbeat_dir in mounts, "the heartbeat file needs a writable mount (read-only root filesystem)"
     assert "/models" in mounts
 
@@ -238,9 +236,7 @@ def test_pdbs_and_metrics_service_select_the_workers() -> None:
     for name in WORKERS:
         labels = _pod_labels(deployments[name])
         pdbs = [
-            p
-            for p in _kind("PodDisruptionBudget").values()
-            if _selects(p["spec"]["selector"]["matchLabels"], labels)
+            p for p in _kind("PodDisruptionBudget").values() if _selects(p["spec"]["selector"]["matchLabels"], labels)
         ]
         assert len(pdbs) == 1 and "minAvailable" not in pdbs[0]["spec"], name
         svc = _kind("Service")["fakesake-worker-metrics"]

@@ -247,7 +247,7 @@ def check(
 
 def untraced(client: redis.Redis, tenant: str, job_ids: Iterable[str]) -> list[str]:
     """Jobs of ``job_ids`` that are nowhere: in no lane, not in kombu's unacked hash, never started, and not
-    in the ledger (whose sweeper re-queues a job lost in transit, worker/ledger.py)."""
+    in the ledger (whose sweeper re-queues a job lost in transit, worker/stores/ledger.py)."""
     from producers.contract import ALL_QUEUES
 
     held = [*(m for q in ALL_QUEUES for m in client.lrange(q, 0, -1)), *client.hvals("unacked")]

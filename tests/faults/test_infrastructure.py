@@ -38,7 +38,7 @@ def submit_resilient(
     return accepted, refusals
 
 
-# Before worker/broker.py, about one run in five failed here: kombu's Redis channel raised AttributeError
+# Before worker/stores/broker.py, about one run in five failed here: kombu's Redis channel raised AttributeError
 # while Celery closed the dead connection, Celery called it an "Unrecoverable error" and the workers stopped
 # consuming for good (lane and unacked hash kept their jobs). The check on each worker's consumer loop below
 # is what would catch that again; tests/integration/test_broker_transport.py reproduces the defect itself.
@@ -90,7 +90,7 @@ def test_redis_restart_with_aof(rig: Rig) -> None:
         check(rec, rig.client, accepted, figures)
         assert ready
         for name, worker in rig.workers.items():  # every consumer loop runs again, not just one of them
-            tick = worker.health().get("consumer_tick_at")
+            tick = worker.service.health().get("consumer_tick_at")
             assert tick is not None and tick > outage["up_wall"], f"{name}: consumer loop stopped at {tick}"
 
 

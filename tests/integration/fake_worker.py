@@ -9,7 +9,7 @@ import redis
 
 from producers import wire
 from producers.contract import ErrorInfo, JobMessage, JobResult, Priority, Status
-from worker.results import RedisResultStore
+from worker.stores.results import RedisResultStore
 
 
 def ok_result(job: JobMessage) -> JobResult:

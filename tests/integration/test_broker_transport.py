@@ -1,4 +1,4 @@
-"""worker.broker: a broker connection closed while Redis is down must fail with a connection error (which
+"""worker.stores.broker: a broker connection closed while Redis is down must fail with a connection error (which
 Celery recovers from), never AttributeError (which stops the worker). Real redis-server, SIGKILLed.
 
 The failing sequence is the one Celery's consumer runs on a lost connection: ``collect()`` then
@@ -19,9 +19,9 @@ from kombu.common import ignore_errors
 
 from producers.settings import RedisSettings
 from tests.support.servers import RedisServer, redis_server
-from worker.broker import TRANSPORT_PATH, Channel
-from worker.celery_app import celery_config
-from worker.settings import WorkerSettings
+from worker.service.celery_app import celery_config
+from worker.service.settings import WorkerSettings
+from worker.stores.broker import TRANSPORT_PATH, Channel
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ def _connection_dropped_mid_poll(server: RedisServer, transport: str | None) -> 
 
 def test_stock_kombu_raises_attribute_error_here(server: RedisServer) -> None:
     """The upstream defect this module works around. If this starts failing, kombu has fixed it and
-    worker.broker can go (check the fault suite's Redis-restart scenario without it first)."""
+    worker.stores.broker can go (check the fault suite's Redis-restart scenario without it first)."""
     conn = _connection_dropped_mid_poll(server, transport=None)
     with pytest.raises(AttributeError, match="hostname"):
         ignore_errors(conn, conn.close)

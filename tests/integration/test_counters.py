@@ -5,7 +5,7 @@ from __future__ import annotations
 import redis
 
 from producers.contract import Keys
-from worker.counters import RedisJobCounters
+from worker.stores.counters import RedisJobCounters
 
 
 def test_open_deliveries_accumulate_until_a_delivery_completes(redis_url: str) -> None:

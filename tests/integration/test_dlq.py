@@ -11,9 +11,9 @@ import redis
 from producers import wire
 from producers.client import Producer, QueueFullError
 from producers.contract import ErrorInfo, JobMessage, Keys
+from producers.dlq import DeadLetters
 from producers.errors import ErrorCode, PermanentError
 from producers.settings import ProducerSettings, QueueSettings, RedisSettings
-from worker.dlq import DeadLetters
 
 NOW = datetime.now(UTC)
 POISON = ErrorInfo(code="poison", message="killed its worker 3 times")

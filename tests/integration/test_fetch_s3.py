@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 
 from producers.errors import ErrorCode, PermanentError, TransientError
+from producers.s3 import list_prefix, make_s3_client
 from producers.settings import S3Settings
 from tests.support.servers import S3Server, free_port
 from worker.fetch.policy import FetchPolicy
-from worker.fetch.s3 import S3Fetcher, list_prefix, make_s3_client
+from worker.fetch.s3 import S3Fetcher
 
 
 def settings_for(s3_srv: S3Server, **overrides: Any) -> S3Settings:

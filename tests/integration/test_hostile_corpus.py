@@ -36,7 +36,7 @@ from tests.support.canaries import CANARY_HOSTS, SERVER_HOST, Site, site
 from tests.support.checkpoints import seeded_state, write_snapshot
 from tests.support.servers import RedisServer, Route, S3Server, drip, raw, redirect
 from tests.support.workers import WorkerProcess, running_worker, worker_env
-from worker.models import registry
+from worker.core import registry
 
 BUCKET = "fakesake-hostile"
 MAX_BYTES = 2_000_000
@@ -48,7 +48,7 @@ MiB = 1024 * 1024
 # RSS bounds. Measured on the 2-core dev VM (ONNX Runtime backend, 3 runs): ~1.05-1.11 GiB after warm-up,
 # +20-24 MiB after the corpus, +10-37 MiB after its byte cases again, peak (VmHWM) 1.30-1.33 GiB while the
 # 49 Mpx PNG decodes. A leaked decoded 49 Mpx image (147 MB) fails the growth bounds; a decoded bomb (GBs)
-# fails the peak bound. Before worker/imaging.py raised Pillow's block size, each pass grew RSS by ~200 MiB.
+# fails the peak bound. Before worker/inference/imaging.py raised Pillow's block size, each pass grew RSS by ~200 MiB.
 RSS_GROWTH_BOUND = 150 * MiB
 RSS_REPEAT_BOUND = 100 * MiB
 PEAK_RSS_BOUND = 1800 * MiB

@@ -15,11 +15,11 @@ import redis
 from producers import wire
 from producers.client import Producer, QueueFullError
 from producers.contract import ErrorInfo, JobMessage, JobResult, Keys, Priority, Status
+from producers.dlq import DeadLetters
 from producers.settings import ProducerSettings, QueueSettings, RedisSettings
-from worker.counters import RedisJobCounters
-from worker.dlq import DeadLetters
-from worker.ledger import LedgerEntry, LedgerSweeper, SweepReport, SweepThread, Toucher, redis_clock
-from worker.results import RedisResultStore
+from worker.stores.counters import RedisJobCounters
+from worker.stores.ledger import LedgerEntry, LedgerSweeper, SweepReport, SweepThread, Toucher, redis_clock
+from worker.stores.results import RedisResultStore
 
 GRACE_S = 0.3  # real time: every ledger score comes from the Redis clock
 LANE = wire.queue_key(Priority.INTERACTIVE)
@@ -137,9 +137,7 @@ def test_a_worker_getting_a_job_touches_only_ledger_jobs(producer: Producer, cli
 
 
 @pytest.mark.parametrize("already_stored", [False, True])
-def test_put_final_removes_the_ledger_entry(
-    producer: Producer, client: redis.Redis, already_stored: bool
-) -> None:
+def test_put_final_removes_the_ledger_entry(producer: Producer, client: redis.Redis, already_stored: bool) -> None:
     job = _job()
     store = RedisResultStore(client, ttl_s=3600, index_max=10)
     if already_stored:  # a redelivered job whose result exists leaves the ledger too
@@ -180,9 +178,7 @@ def test_queued_jobs_are_kept_and_checked_a_grace_later(
     assert sweeper.sweep_once() == SweepReport()
 
 
-def test_a_job_behind_a_foreign_head_is_kept(
-    producer: Producer, client: redis.Redis, sweeper: LedgerSweeper
-) -> None:
+def test_a_job_behind_a_foreign_head_is_kept(producer: Producer, client: redis.Redis, sweeper: LedgerSweeper) -> None:
     producer.enqueue([_job()])
     _pop(client)
     client.lpush(LANE, b'{"headers":{"id":"webhook-delivery-1"}}')  # not a ledger job: no order to compare
@@ -226,9 +222,7 @@ def test_a_lost_job_of_an_empty_lane_is_pushed_again(
     assert _same(requeued, message)
 
 
-def test_an_earlier_format_entry_is_pushed_again_verbatim(
-    client: redis.Redis, sweeper: LedgerSweeper
-) -> None:
+def test_an_earlier_format_entry_is_pushed_again_verbatim(client: redis.Redis, sweeper: LedgerSweeper) -> None:
     # A job queued by a producer of the previous release (its ledger held the whole message), lost in a
     # worker during the rolling deploy: the new sweeper pushes exactly what that producer wrote.
     job = _job()

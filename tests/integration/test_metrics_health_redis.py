@@ -7,8 +7,8 @@ import redis
 
 from producers.contract import ALL_QUEUES, Keys
 from tests.support.servers import redis_server
-from worker.health import HealthState, Heartbeat
-from worker.metrics import Metrics
+from worker.service.health import HealthState, Heartbeat
+from worker.service.metrics import Metrics
 
 
 def test_queue_depth_and_dlq_size_come_from_redis(redis_url: str) -> None:
@@ -19,7 +19,7 @@ def test_queue_depth_and_dlq_size_come_from_redis(redis_url: str) -> None:
     assert m.registry.get_sample_value("fakesake_dlq_size") == 0
     client.lpush(ALL_QUEUES[1], *[f"job{i}" for i in range(5)])
     client.lpush(ALL_QUEUES[0], "job")
-    client.hset(Keys.DLQ, mapping={"a": "{}", "b": "{}"})  # worker/dlq.py keeps records in a hash
+    client.hset(Keys.DLQ, mapping={"a": "{}", "b": "{}"})  # producers/dlq.py keeps records in a hash
     assert m.registry.get_sample_value("fakesake_queue_depth", {"lane": "bulk"}) == 5
     assert m.registry.get_sample_value("fakesake_queue_depth", {"lane": "interactive"}) == 1
     assert m.registry.get_sample_value("fakesake_dlq_size") == 2

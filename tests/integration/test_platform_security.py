@@ -29,17 +29,17 @@ import redis
 from producers import cli, wire
 from producers.client import Producer
 from producers.contract import JobResult
+from producers.dlq import DeadLetters
 from producers.errors import ErrorCode, PermanentError, TransientError
 from producers.settings import ProducerSettings, RedisSettings
+from producers.webhook import SIGNATURE_HEADER, verify
 from tests.support.canaries import SERVER_HOST, Site, site
 from tests.support.checkpoints import seeded_state, write_snapshot
 from tests.support.images import encode, photo
 from tests.support.servers import RedisServer, Route, S3Server, free_port
 from tests.support.tls import write_ca_and_server
 from tests.support.workers import WorkerProcess, running_worker, worker_env
-from worker.dlq import DeadLetters
-from worker.models import registry
-from worker.webhook import SIGNATURE_HEADER, verify
+from worker.core import registry
 
 DEFAULT_PW = "default-pw-" + secrets.token_hex(8)
 WORKER_PW = "worker-pw-" + secrets.token_hex(8)

@@ -19,9 +19,7 @@ from tests.integration.fake_worker import FakeWorker
 
 
 def _producer(redis_url: str, max_depth: int = 100_000) -> Producer:
-    return Producer(
-        ProducerSettings(redis=RedisSettings(url=redis_url), queue=QueueSettings(max_depth=max_depth))
-    )
+    return Producer(ProducerSettings(redis=RedisSettings(url=redis_url), queue=QueueSettings(max_depth=max_depth)))
 
 
 @pytest.fixture()
@@ -91,9 +89,7 @@ def test_submit_many_enqueues_a_large_batch_completely(producer: Producer) -> No
         ),
     ],
 )
-def test_invalid_inputs_are_permanent(
-    producer: Producer, kwargs: dict[str, Any], code: ErrorCode, needle: str
-) -> None:
+def test_invalid_inputs_are_permanent(producer: Producer, kwargs: dict[str, Any], code: ErrorCode, needle: str) -> None:
     source = kwargs.pop("source")
     with pytest.raises(PermanentError) as info:
         producer.submit(source, **kwargs)
@@ -109,8 +105,7 @@ def test_idempotency_key(producer: Producer, client: redis.Redis) -> None:
     a = producer.submit("s3://b/a.jpg", tenant="acme", idempotency_key="order-1")
     assert producer.submit("s3://b/a.jpg", tenant="acme", idempotency_key="order-1") == a
     assert (
-        producer.submit_many([{"source": "s3://b/a.jpg", "idempotency_key": "order-1"}] * 3, tenant="acme")
-        == [a] * 3
+        producer.submit_many([{"source": "s3://b/a.jpg", "idempotency_key": "order-1"}] * 3, tenant="acme") == [a] * 3
     )
     other_tenant = producer.submit("s3://b/a.jpg", tenant="beta", idempotency_key="order-1")
     assert other_tenant != a
@@ -187,9 +182,7 @@ def test_wait_is_woken_by_notifications(redis_url: str, producer: Producer) -> N
     start = time.monotonic()
     with FakeWorker(redis_url):
         # poll_s far beyond the timeout: only the pub/sub notifications can finish this in time
-        results = producer.wait(
-            ids, "acme", timeout_s=10, poll_s=60, on_result=lambda r: seen.append(r.job_id)
-        )
+        results = producer.wait(ids, "acme", timeout_s=10, poll_s=60, on_result=lambda r: seen.append(r.job_id))
     assert time.monotonic() - start < 10
     assert sorted(results) == sorted(ids) == sorted(seen)
     assert all(r.status is Status.OK and r.tenant == "acme" for r in results.values())

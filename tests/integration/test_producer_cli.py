@@ -14,9 +14,9 @@ import redis
 
 from producers import cli
 from producers.contract import ErrorInfo, JobMessage
+from producers.dlq import DeadLetters
 from tests.integration.fake_worker import FakeWorker
 from tests.support.servers import S3_ENV, S3Server, free_port
-from worker.dlq import DeadLetters
 
 
 @pytest.fixture(autouse=True)
@@ -35,9 +35,7 @@ def jsonl(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines()]
 
 
-def test_submit_wait_prints_one_record_per_input_in_order(
-    redis_url: str, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_submit_wait_prints_one_record_per_input_in_order(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     inputs = [
         "https://img.example/a.jpg",
         "ftp://nope/b.jpg",
@@ -69,16 +67,10 @@ def test_submit_wait_prints_one_record_per_input_in_order(
     assert code == 3 and "no result" in err
 
 
-def test_submit_without_wait_and_a_manifest_as_csv(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_submit_without_wait_and_a_manifest_as_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     manifest = tmp_path / "m.csv"
-    manifest.write_text(
-        "source,priority,idempotency_key\ns3://b/1.jpg,bulk,k1\ns3://b/2.jpg,,\n", encoding="utf-8"
-    )
-    code, out, _ = run(
-        capsys, "submit", "https://img.example/x.jpg", "--manifest", str(manifest), "--format", "csv"
-    )
+    manifest.write_text("source,priority,idempotency_key\ns3://b/1.jpg,bulk,k1\ns3://b/2.jpg,,\n", encoding="utf-8")
+    code, out, _ = run(capsys, "submit", "https://img.example/x.jpg", "--manifest", str(manifest), "--format", "csv")
     assert code == 0
     rows = list(csv.DictReader(io.StringIO(out)))
     assert [r["source"] for r in rows] == ["s3://b/1.jpg", "s3://b/2.jpg", "https://img.example/x.jpg"]
@@ -97,9 +89,7 @@ def test_submit_without_wait_and_a_manifest_as_csv(
     assert next(csv.DictReader(io.StringIO(again)))["job_id"] == rows[0]["job_id"]  # idempotency key
 
 
-def test_submit_reports_queue_full_per_job(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_submit_reports_queue_full_per_job(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("FAKESAKE_QUEUE__MAX_DEPTH", "2")
     code, out, _ = run(capsys, "submit", "s3://b/1.jpg", "s3://b/2.jpg", "s3://b/3.jpg", "--format", "table")
     assert code == 3
@@ -122,9 +112,7 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
     assert run(capsys, *argv)[0] == 2
 
 
-def test_unreachable_redis_exits_2(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_unreachable_redis_exits_2(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("FAKESAKE_REDIS__SOCKET_TIMEOUT_S", "0.5")
     code, _, err = run(capsys, "submit", "s3://b/1.jpg", "--redis-url", f"redis://127.0.0.1:{free_port()}/0")
     assert code == 2 and "unavailable" in err

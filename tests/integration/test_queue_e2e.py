@@ -25,13 +25,13 @@ import pytest
 
 from producers.client import QueueFullError
 from producers.contract import JobResult, Keys, Priority, Status
+from producers.dlq import DeadLetters
 from producers.errors import ErrorCode
+from producers.webhook import SIGNATURE_HEADER, verify
 from tests.integration.conftest import WEBHOOK_SECRET, Stack, new_stack, start_workers
 from tests.support.images import encode, hostile, photo
 from tests.support.servers import HttpServer, RedisServer, Route, S3Server
 from tests.support.workers import REPO_ROOT, WorkerProcess
-from worker.dlq import DeadLetters
-from worker.webhook import SIGNATURE_HEADER, verify
 
 MODEL_REF = "ffs-mj-5m@1.0"
 SCORE_TOLERANCE = 1e-5
@@ -97,7 +97,7 @@ def result_keys(stack: Stack, tenant: str) -> list[bytes]:
 
 def scan_scores(paths: list[Path], weights: Path, out: Path) -> dict[str, dict[str, Any]]:
     """``fakesake scan`` in this process (same code path as the CLI, minus its logging setup)."""
-    from worker.cli import build_parser
+    from worker.service.cli import build_parser
 
     args = build_parser().parse_args(
         [
@@ -377,7 +377,7 @@ def test_tenant_cannot_read_another_tenants_result(stack: Stack, queue_worker: W
     assert bob.wait([job_id], timeout_s=1.5, poll_s=0.5) == {}
     assert bob.list_results() == [] and [r.job_id for r in alice.list_results()] == [job_id]
     env = {**os.environ, "FAKESAKE_REDIS__URL": stack.redis_url}
-    cmd = [sys.executable, "-m", "worker.cli", "result", job_id]
+    cmd = [sys.executable, "-m", "worker.service.cli", "result", job_id]
     assert subprocess.run([*cmd, "--tenant", "bob"], env=env, capture_output=True, timeout=60).returncode == 3
     assert subprocess.run([*cmd, "--tenant", "alice"], env=env, capture_output=True, timeout=60).returncode == 0
 
@@ -438,7 +438,7 @@ def test_cli_submit_wait_prints_one_record_per_job_with_source_as_given(
         [
             sys.executable,
             "-m",
-            "worker.cli",
+            "worker.service.cli",
             "submit",
             *inputs,
             "--tenant",

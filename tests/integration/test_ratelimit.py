@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from producers.contract import Keys
-from worker.ratelimit import RedisRateLimiter
+from worker.stores.ratelimit import RedisRateLimiter
 
 
 @pytest.fixture()
@@ -68,9 +68,7 @@ def test_limit_holds_across_two_processes(redis_url: str) -> None:
     ctx = mp.get_context("spawn")
     out: mp.Queue = ctx.Queue()
     start_at = time.time() + 2.0  # both processes imported and connected before the clock starts
-    procs = [
-        ctx.Process(target=_hammer, args=(redis_url, start_at, duration, rate, burst, out)) for _ in range(2)
-    ]
+    procs = [ctx.Process(target=_hammer, args=(redis_url, start_at, duration, rate, burst, out)) for _ in range(2)]
     for p in procs:
         p.start()
     counts = [out.get(timeout=30) for _ in procs]
@@ -87,7 +85,7 @@ def test_reserve_hands_each_waiting_job_its_own_future_slot(redis_url: str) -> N
 
     import redis as redis_lib
 
-    from worker.ratelimit import RedisRateLimiter
+    from worker.stores.ratelimit import RedisRateLimiter
 
     limiter = RedisRateLimiter(redis_lib.Redis.from_url(redis_url))
     grants = [limiter.reserve("tenant", "resv", 10.0, 1, max_wait_s=0.35) for _ in range(6)]

@@ -14,7 +14,7 @@ import redis
 from producers.contract import ErrorInfo, JobResult, Keys, Status
 from producers.errors import ErrorCode, TransientError
 from tests.support.servers import S3Server, free_port
-from worker.results import RedisResultStore, S3ResultSink, SinkingResultStore
+from worker.stores.results import RedisResultStore, S3ResultSink, SinkingResultStore
 
 
 def _result(

@@ -10,8 +10,8 @@ import pytest
 from producers.errors import ConfigError
 from tests.support.checkpoints import seeded_state, write_snapshot
 from tests.support.servers import S3Server
-from worker.models import registry
-from worker.models.loader import load_detector, resolve_weights
+from worker.core import registry
+from worker.inference.loader import load_detector, resolve_weights
 
 MJ = registry.get("ffs-mj-5m")
 

@@ -121,9 +121,7 @@ def test_celery_worker_receives_exact_jobs_from_both_lanes(
 
 
 @pytest.mark.timeout(60)
-def test_kombu_decodes_a_plain_body_and_restores_the_message_unchanged(
-    redis_url: str, producer: Producer
-) -> None:
+def test_kombu_decodes_a_plain_body_and_restores_the_message_unchanged(redis_url: str, producer: Producer) -> None:
     """kombu's own consumer path, without a worker: the plain-text body decodes (no ``body_encoding``), and
     an unacked message (a dead worker's) goes back onto its lane as the same JSON, flagged redelivered."""
     from kombu import Connection

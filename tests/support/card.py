@@ -20,7 +20,7 @@ from timm.data.transforms_factory import create_transform
 from torch import nn
 from torchvision import transforms
 
-from worker.models.registry import DetectorSpec
+from worker.core.registry import DetectorSpec
 
 
 class CardDetector(nn.Module):

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from worker.models.loader import FFSDetector, build_module
-from worker.models.registry import DetectorSpec
+from worker.core.registry import DetectorSpec
+from worker.inference.loader import FFSDetector, build_module
 
 #: Every checkpoint layout the loader accepts; ``plain`` is what the 1.0 repos publish.
 LAYOUTS = ("plain", "lightning", "lightning-net", "lightning-model", "dataparallel", "compiled")
@@ -44,7 +44,7 @@ def small_stand_in(spec: DetectorSpec) -> DetectorSpec:
 def _calibration_batch(spec: DetectorSpec, seed: int) -> torch.Tensor:
     """Photo-like images through the real preprocessing: what the tests will feed the model."""
     from tests.support.images import photo
-    from worker.preprocess import to_tensor
+    from worker.inference.preprocess import to_tensor
 
     sizes = [(160, 120), (96, 128), (200, 90), (64, 64), (128, 96), (90, 150), (140, 140), (120, 80)]
     return torch.stack([to_tensor(photo(w, h, 1000 + seed + i), spec.preprocessing) for i, (w, h) in enumerate(sizes)])

@@ -1,4 +1,4 @@
-"""In-memory and local-file fakes of the :class:`~worker.protocols.Fetcher` protocol for engine tests."""
+"""In-memory and local-file fakes of the :class:`~worker.core.ports.Fetcher` protocol for engine tests."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from producers.errors import ErrorCode, PermanentError
-from worker.protocols import Fetched
+from worker.core.ports import Fetched
 
 
 class MemoryFetcher:

@@ -1,6 +1,6 @@
 """Real fakesake worker processes for integration and fault tests.
 
-A :class:`WorkerProcess` runs ``python -m worker.cli worker`` (the same entry point as ``fakesake worker``)
+A :class:`WorkerProcess` runs ``python -m worker.service.cli worker`` (the same entry point as ``fakesake worker``)
 with settings passed by environment, waits until its ``/readyz`` answers 200 (model loaded, Redis reachable),
 and stops exactly the process it started: SIGTERM (Celery warm shutdown), or SIGKILL for crash tests.
 """
@@ -80,11 +80,22 @@ class WorkerProcess:
             "FAKESAKE_METRICS__HEALTH_PORT": str(self.health_port),
             "FAKESAKE_METRICS__HEARTBEAT_FILE": str(self.log_path.with_suffix(".heartbeat")),
         }
-        cmd = [sys.executable, "-m", "worker.cli", "worker", "--concurrency", str(self.concurrency),
-               "--hostname", f"{self.name}@%h", "--without-mingle", "--without-gossip"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "worker.service.cli",
+            "worker",
+            "--concurrency",
+            str(self.concurrency),
+            "--hostname",
+            f"{self.name}@%h",
+            "--without-mingle",
+            "--without-gossip",
+        ]
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         if wait_ready_s:
             self.wait_ready(wait_ready_s)
         return self

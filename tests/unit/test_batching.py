@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from worker.batching import BatchPolicy, chunks, collect_batch
+from worker.core.batching import BatchPolicy, chunked, collect_batch
 
 
 def _filled(n: int) -> queue.Queue[int]:
@@ -64,6 +64,6 @@ def test_bad_policies_are_refused(size: int, wait: float) -> None:
 
 @pytest.mark.parametrize(("n", "size", "expected"), [(0, 3, []), (5, 2, [2, 2, 1]), (4, 4, [4]), (3, 10, [3])])
 def test_chunks(n: int, size: int, expected: list[int]) -> None:
-    parts = chunks(list(range(n)), size)
+    parts = list(chunked(range(n), size))
     assert [len(p) for p in parts] == expected
     assert [x for p in parts for x in p] == list(range(n))

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from worker.classifier import TorchClassifier
-from worker.models import registry
-from worker.models.loader import LoadedDetector
+from worker.core import registry
+from worker.inference.loader import LoadedDetector
+from worker.inference.torch_classifier import TorchClassifier
 
 SPEC = registry.get("ffs-mj-5m")
 

@@ -43,8 +43,9 @@ def test_queue_names_and_tenant_scoped_keys() -> None:
 
 def test_result_ok_property() -> None:
     ok = JobResult(job_id="j", tenant="t", source="s", status=Status.OK, score=0.2)
-    bad = JobResult(job_id="j", tenant="t", source="s", status=Status.ERROR,
-                    error=ErrorInfo(code="not-found", message="gone"))
+    bad = JobResult(
+        job_id="j", tenant="t", source="s", status=Status.ERROR, error=ErrorInfo(code="not-found", message="gone")
+    )
     assert ok.ok and not bad.ok
 
 

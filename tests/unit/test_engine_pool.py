@@ -20,12 +20,12 @@ from producers.contract import Status
 from producers.errors import ConfigError
 from tests.support.fetchers import MemoryFetcher
 from tests.support.images import corpus, encode, photo
-from worker import engine_pool
-from worker.engine import Engine, Outcome
-from worker.engine_pool import EnginePool, resolve_processes
-from worker.imaging import DecodePolicy
-from worker.models import registry
-from worker.settings import WorkerSettings
+from worker.core import registry
+from worker.core.pipeline import Engine, Outcome
+from worker.inference import process_pool as engine_pool
+from worker.inference.imaging import DecodePolicy
+from worker.inference.process_pool import EnginePool, resolve_processes
+from worker.service.settings import WorkerSettings
 
 SPEC = registry.get("ffs-mj-5m")
 CHUNK = 4
@@ -167,7 +167,7 @@ def torch_threads() -> Iterator[None]:
 @pytest.mark.parametrize("backend", ["onnx", "torch"])
 def test_scores_identical_to_one_process(files: tuple[Path, list[str]], backend: str) -> None:
     from worker.fetch.router import build_fetcher
-    from worker.scan import scan_engine
+    from worker.service.scan import scan_engine
 
     if backend == "onnx":
         pytest.importorskip("onnxruntime")

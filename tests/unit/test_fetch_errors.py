@@ -13,11 +13,11 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError, ReadTimeoutError
 
 from producers.errors import ConfigError, ErrorCode, PermanentError, TransientError
+from producers.s3 import s3_error
 from worker.fetch.http import parse_retry_after, resolve_checked
 from worker.fetch.policy import FetchPolicy
-from worker.fetch.s3 import s3_error
 from worker.fetch.ssrf import check_url
-from worker.settings import WorkerSettings
+from worker.service.settings import WorkerSettings
 
 POLICY = FetchPolicy()
 

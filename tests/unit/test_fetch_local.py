@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from producers.errors import ErrorCode, PermanentError
+from worker.core.ports import Fetched
 from worker.fetch.http import HttpFetcher
 from worker.fetch.local import LocalFetcher
 from worker.fetch.policy import FetchPolicy
 from worker.fetch.router import SourceRouter, build_fetcher
 from worker.fetch.s3 import S3Fetcher
-from worker.protocols import Fetched
-from worker.settings import WorkerSettings
+from worker.service.settings import WorkerSettings
 
 ALLOWED = FetchPolicy(allow_local_files=True, max_bytes=1024)
 

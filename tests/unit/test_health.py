@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from tests.support.servers import free_port
-from worker import health
-from worker.health import HealthServer, HealthState, Heartbeat, check, judge
-from worker.settings import MetricsSettings
+from worker.service import health
+from worker.service.health import HealthServer, HealthState, Heartbeat, check, judge
+from worker.service.settings import MetricsSettings
 
 MAX_AGE = 30.0
 
@@ -119,7 +119,9 @@ def test_on_stall_is_wired_only_when_exit_is_enabled(tmp_path: Path) -> None:
     calls: list[str] = []
     for enabled in (True, False):
         settings = MetricsSettings(
-            health_port=0, heartbeat_file=str(tmp_path / "hb"), heartbeat_interval_s=1,
+            health_port=0,
+            heartbeat_file=str(tmp_path / "hb"),
+            heartbeat_interval_s=1,
             exit_on_consumer_stall=enabled,
         )
         service = health.start_health(settings, ping=None, on_stall=calls.append)
@@ -261,9 +263,7 @@ def test_subcommand_exit_codes(
     assert health.run_health(parser.parse_args(["health", "--ready"])) == 0
 
 
-def test_subcommand_uses_the_heartbeat_file_when_http_is_off(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_subcommand_uses_the_heartbeat_file_when_http_is_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "hb"
     monkeypatch.setenv("FAKESAKE_METRICS__HEALTH_PORT", "0")
     monkeypatch.setenv("FAKESAKE_METRICS__HEARTBEAT_FILE", str(path))
@@ -304,7 +304,7 @@ def test_max_age_must_exceed_interval() -> None:
 _EXIT_SCRIPT = textwrap.dedent(
     """
     import atexit, logging, logging.handlers, sys
-    from worker.health import exit_process
+    from worker.service.health import exit_process
     target = logging.StreamHandler(sys.stderr)
     logging.getLogger().addHandler(logging.handlers.MemoryHandler(100, flushLevel=100, target=target))
     atexit.register(print, "atexit ran")

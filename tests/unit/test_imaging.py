@@ -13,7 +13,7 @@ from PIL import Image, ImageFile
 
 from producers.errors import ErrorCode, FakesakeError, PermanentError
 from tests.support.images import Case, corpus, encode, hostile, photo, png_header_only
-from worker.imaging import DecodePolicy, decode, sniff
+from worker.inference.imaging import DecodePolicy, decode, sniff
 
 CORPUS = corpus()
 HOSTILE = hostile()
@@ -117,7 +117,7 @@ def test_truncated_images_stay_refused_even_if_someone_flips_pillow(monkeypatch:
 
 
 def test_exif_orientation_is_not_applied() -> None:
-    """The reference pipeline feeds the stored pixel grid; so do we (see worker.imaging)."""
+    """The reference pipeline feeds the stored pixel grid; so do we (see worker.inference.imaging)."""
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 CW to display"
     data = encode(photo(120, 40, 12), "JPEG", exif=exif.tobytes())
@@ -166,5 +166,5 @@ def test_errors_are_fakesake_errors_with_stable_codes() -> None:
 
 
 def test_imaging_does_not_import_torch() -> None:
-    code = "import sys, worker.imaging; sys.exit(1 if 'torch' in sys.modules else 0)"
+    code = "import sys, worker.inference.imaging; sys.exit(1 if 'torch' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

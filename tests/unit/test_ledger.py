@@ -9,7 +9,7 @@ import pytest
 
 from producers import wire
 from producers.contract import JobMessage, Priority
-from worker.ledger import Action, LedgerEntry, decide, message_id
+from worker.stores.ledger import Action, LedgerEntry, decide, message_id
 
 SEEN = 1000.0
 

@@ -17,8 +17,8 @@ from tests.support.checkpoints import (
     small_stand_in,
     write_snapshot,
 )
-from worker.models import registry
-from worker.models.loader import (
+from worker.core import registry
+from worker.inference.loader import (
     build_module,
     extract_state_dict,
     load_detector,

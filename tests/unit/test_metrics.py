@@ -13,7 +13,7 @@ from prometheus_client import generate_latest
 
 from producers.contract import ALL_QUEUES, Keys
 from tests.support.servers import free_port
-from worker.metrics import Metrics, default, lane_of, start_metrics_server
+from worker.service.metrics import Metrics, default, lane_of, start_metrics_server
 
 
 def _value(m: Metrics, name: str, labels: dict[str, str] | None = None) -> float | None:
@@ -23,9 +23,7 @@ def _value(m: Metrics, name: str, labels: dict[str, str] | None = None) -> float
 class FakeRedis:
     """Just LLEN, TYPE and the size commands, through a pipeline, like redis-py."""
 
-    def __init__(
-        self, lists: dict[str, int], dlq: tuple[str, int] | None = None, broken: bool = False
-    ) -> None:
+    def __init__(self, lists: dict[str, int], dlq: tuple[str, int] | None = None, broken: bool = False) -> None:
         self.lists, self.dlq, self.broken = lists, dlq, broken
 
     def pipeline(self, transaction: bool = True) -> FakeRedis._Pipe:
@@ -98,9 +96,7 @@ def test_registries_are_private_so_instances_never_collide() -> None:
     [(("zset", 4), 4), (("list", 2), 2), (("hash", 7), 7), (None, 0)],
     ids=["zset", "list", "hash", "absent"],
 )
-def test_queue_depth_and_dlq_size_are_read_at_scrape_time(
-    dlq: tuple[str, int] | None, expected_dlq: int
-) -> None:
+def test_queue_depth_and_dlq_size_are_read_at_scrape_time(dlq: tuple[str, int] | None, expected_dlq: int) -> None:
     m = Metrics()
     fake = FakeRedis({ALL_QUEUES[0]: 3, ALL_QUEUES[1]: 12}, dlq)
     m.watch_redis(fake)
@@ -148,7 +144,7 @@ def test_metrics_server_serves_the_registry_and_port_zero_disables_it() -> None:
 
 def test_metrics_health_and_settings_doc_do_not_import_torch() -> None:
     code = (
-        "import sys, worker.metrics, worker.health, worker.settings_doc; "
+        "import sys, worker.service.metrics, worker.service.health, worker.service.settings_doc; "
         "sys.exit(1 if 'torch' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False, timeout=60).returncode == 0

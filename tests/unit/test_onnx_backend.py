@@ -11,13 +11,13 @@ from producers.errors import ConfigError
 from tests.support.checkpoints import seeded_module, seeded_state, write_snapshot
 from tests.support.fetchers import MemoryFetcher
 from tests.support.images import photo
-from worker.backends.onnx import OnnxClassifier
-from worker.classifier import TorchClassifier, p_ai
-from worker.engine import Engine
-from worker.models import registry
-from worker.models.loader import LoadedDetector
-from worker.preprocess import to_tensor
-from worker.settings import WorkerSettings
+from worker.core import registry
+from worker.core.pipeline import Engine
+from worker.inference.loader import LoadedDetector
+from worker.inference.onnx_classifier import OnnxClassifier
+from worker.inference.preprocess import to_tensor
+from worker.inference.torch_classifier import TorchClassifier, p_ai
+from worker.service.settings import WorkerSettings
 
 pytest.importorskip("onnxruntime")
 
@@ -77,8 +77,15 @@ def test_refuses_cuda(detector: LoadedDetector) -> None:
 def test_engine_from_settings_selects_backend(tmp_path: Path, backend: str, preprocess: str, kind: type) -> None:
     weights = write_snapshot(SPEC, tmp_path, seeded_state(SPEC, 0))
     settings = WorkerSettings.model_validate(
-        {"model": {"weights": str(weights), "device": "cpu", "backend": backend, "threads": 1,
-                   "preprocess": preprocess}}
+        {
+            "model": {
+                "weights": str(weights),
+                "device": "cpu",
+                "backend": backend,
+                "threads": 1,
+                "preprocess": preprocess,
+            }
+        }
     )
     engine = Engine.from_settings(settings, MemoryFetcher({}))
     assert isinstance(engine.classifier, kind)
@@ -93,9 +100,9 @@ def test_backend_setting_from_environment(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_auto_falls_back_to_torch_without_onnxruntime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import worker.engine
+    import worker.core.pipeline
 
-    monkeypatch.setattr(worker.engine, "find_spec", lambda name: None)
+    monkeypatch.setattr(worker.core.pipeline, "find_spec", lambda name: None)
     weights = write_snapshot(SPEC, tmp_path, seeded_state(SPEC, 0))
     settings = WorkerSettings.model_validate({"model": {"weights": str(weights), "device": "cpu", "threads": 1}})
     assert isinstance(Engine.from_settings(settings, MemoryFetcher({})).classifier, TorchClassifier)

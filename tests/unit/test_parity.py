@@ -21,13 +21,13 @@ from tests.support.card import CardPipeline
 from tests.support.checkpoints import seeded_state, small_stand_in, write_snapshot
 from tests.support.fetchers import FileFetcher
 from tests.support.images import corpus
-from worker.classifier import TorchClassifier
-from worker.engine import Engine
-from worker.imaging import DecodePolicy
-from worker.models import registry
-from worker.models.loader import load_detector
+from worker.core import registry
+from worker.core.pipeline import Engine
+from worker.core.registry import DetectorSpec
+from worker.inference.imaging import DecodePolicy
+from worker.inference.loader import load_detector
+from worker.inference.torch_classifier import TorchClassifier
 from worker.models.pipeline import PreTrainedPipeline
-from worker.models.registry import DetectorSpec
 
 TOLERANCE = 1e-5
 ONNX_TOLERANCE = 1e-4
@@ -126,7 +126,7 @@ def test_batch_invariance(images: list[Path]) -> None:
 
 
 def _detector_from_state(spec: DetectorSpec):  # type: ignore[no-untyped-def]
-    from worker.models.loader import LoadedDetector, build_module, load_into
+    from worker.inference.loader import LoadedDetector, build_module, load_into
 
     module = build_module(spec)
     load_into(module, seeded_state(spec, VARIANTS[spec.name][0]), spec)
@@ -140,7 +140,7 @@ def test_scan_command_with_default_settings_matches_the_card(
     import json
     import os
 
-    from worker.cli import main
+    from worker.service.cli import main
 
     for key in [k for k in os.environ if k.startswith("FAKESAKE_")]:
         monkeypatch.delenv(key)

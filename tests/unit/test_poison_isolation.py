@@ -7,7 +7,7 @@ import time
 
 from producers.contract import JobMessage
 from tests.unit.test_processing import MemoryCounters, ScriptedPreparer, make
-from worker.processing import Finished, IsolationGate, RetryPolicy
+from worker.core.processing import Finished, IsolationGate, RetryPolicy
 
 RETRY = RetryPolicy(max_attempts=3, backoff_base_s=1, backoff_max_s=8, max_deliveries=3)
 

@@ -8,9 +8,9 @@ from PIL import Image
 from torchvision import transforms
 
 from tests.support.images import photo
-from worker.models import registry
-from worker.models.registry import Preprocessing
-from worker.preprocess import stack, to_tensor
+from worker.core import registry
+from worker.core.registry import Preprocessing
+from worker.inference.preprocess import stack, to_tensor
 
 IMAGES = {"landscape": photo(333, 200, 1), "portrait": photo(90, 260, 2), "tiny": photo(3, 5, 3)}
 SPECS = ["ffs-mj-5m", "ffs-mj-200m", "ffs-v2"]

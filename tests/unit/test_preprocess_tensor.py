@@ -15,10 +15,10 @@ from PIL import Image
 
 from producers.errors import PermanentError
 from tests.support.images import corpus, encode, hostile, photo, truncated
-from worker import preprocess
-from worker.imaging import DecodePolicy
-from worker.models.registry import Preprocessing
-from worker.preprocess import from_bytes
+from worker.core.registry import Preprocessing
+from worker.inference import preprocess
+from worker.inference.imaging import DecodePolicy
+from worker.inference.preprocess import from_bytes
 
 EXACT, TENSOR = DecodePolicy(mode="exact"), DecodePolicy(mode="tensor")
 PRE = Preprocessing(size_px=224)  # bilinear, ImageNet mean/std (the 1.0 models)

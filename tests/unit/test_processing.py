@@ -13,8 +13,8 @@ import pytest
 
 from producers.contract import ErrorInfo, JobMessage, JobResult, Status
 from producers.errors import ErrorCode, PermanentError, TransientError
-from worker.models import registry
-from worker.processing import (
+from worker.core import registry
+from worker.core.processing import (
     Finished,
     JobProcessor,
     RateLimitPolicy,
@@ -113,8 +113,12 @@ def _infer(score: float = 0.9):  # type: ignore[no-untyped-def]
 def make(preparer: ScriptedPreparer | None = None, **kw: Any) -> tuple[JobProcessor, MemoryStore, MemoryDLQ]:
     store, dlq = MemoryStore(), MemoryDLQ()
     proc = JobProcessor(
-        spec=SPEC, preparer=preparer or ScriptedPreparer(), infer=kw.pop("infer", _infer()), store=store,
-        counters=kw.pop("counters", MemoryCounters()), dead_letters=dlq,
+        spec=SPEC,
+        preparer=preparer or ScriptedPreparer(),
+        infer=kw.pop("infer", _infer()),
+        store=store,
+        counters=kw.pop("counters", MemoryCounters()),
+        dead_letters=dlq,
         retry=kw.pop("retry", RetryPolicy(max_attempts=3, backoff_base_s=1, backoff_max_s=8, max_deliveries=2)),
         **kw,
     )
@@ -147,8 +151,11 @@ def test_redelivered_job_with_a_result_is_not_processed_again() -> None:
 
 @pytest.mark.parametrize(
     "error",
-    [PermanentError(ErrorCode.NOT_AN_IMAGE, "html"), PermanentError(ErrorCode.NOT_FOUND, "404"),
-     PermanentError(ErrorCode.FORBIDDEN_ADDRESS, "10.0.0.1")],
+    [
+        PermanentError(ErrorCode.NOT_AN_IMAGE, "html"),
+        PermanentError(ErrorCode.NOT_FOUND, "404"),
+        PermanentError(ErrorCode.FORBIDDEN_ADDRESS, "10.0.0.1"),
+    ],
 )
 def test_permanent_errors_finish_at_once_and_are_dead_lettered(error: PermanentError) -> None:
     preparer = ScriptedPreparer(error)
@@ -162,8 +169,9 @@ def test_permanent_errors_finish_at_once_and_are_dead_lettered(error: PermanentE
 
 
 def test_transient_errors_retry_with_backoff_then_succeed() -> None:
-    preparer = ScriptedPreparer(TransientError(ErrorCode.FETCH_FAILED, "503"),
-                                TransientError(ErrorCode.TIMEOUT, "slow"))
+    preparer = ScriptedPreparer(
+        TransientError(ErrorCode.FETCH_FAILED, "503"), TransientError(ErrorCode.TIMEOUT, "slow")
+    )
     proc, _, dlq = make(preparer)
     first, second, third = proc.process(JOB), proc.process(JOB), proc.process(JOB)
     assert isinstance(first, RetryLater) and 0.5 <= first.countdown_s <= 1.0
@@ -203,8 +211,9 @@ def test_poison_job_is_dead_lettered_after_max_deliveries() -> None:
 
 def test_rate_limited_job_is_deferred_without_spending_an_attempt() -> None:
     counters = MemoryCounters()
-    proc, store, _ = make(counters=counters, limiter=FixedLimiter({"tenant": 0.25}),
-                          rate=RateLimitPolicy(tenant_per_s=1.0))
+    proc, store, _ = make(
+        counters=counters, limiter=FixedLimiter({"tenant": 0.25}), rate=RateLimitPolicy(tenant_per_s=1.0)
+    )
     decision = proc.process(JOB)
     assert isinstance(decision, RetryLater) and decision.deferral and decision.countdown_s == 0.25
     assert decision.error.code is ErrorCode.RATE_LIMITED
@@ -288,8 +297,15 @@ class FlakyStore(MemoryStore):
 def test_store_outages_do_not_count_as_dead_deliveries() -> None:
     counters = MemoryCounters()
     store = FlakyStore(outages=4)  # more outages than max_deliveries (2)
-    proc = JobProcessor(spec=SPEC, preparer=ScriptedPreparer(), infer=_infer(), store=store, counters=counters,
-                        dead_letters=MemoryDLQ(), retry=RetryPolicy(max_attempts=10, max_deliveries=2))
+    proc = JobProcessor(
+        spec=SPEC,
+        preparer=ScriptedPreparer(),
+        infer=_infer(),
+        store=store,
+        counters=counters,
+        dead_letters=MemoryDLQ(),
+        retry=RetryPolicy(max_attempts=10, max_deliveries=2),
+    )
     for _ in range(4):  # the adapter hands each one back to the queue
         with pytest.raises(TransientError):
             proc.process(JOB)

@@ -1,10 +1,10 @@
-"""The received-job ledger touch runs off Celery's consumer thread (worker.runtime.DeferredToucher)."""
+"""The received-job ledger touch runs off Celery's consumer thread (worker.service.runtime.DeferredToucher)."""
 
 from __future__ import annotations
 
 import threading
 
-from worker.runtime import DeferredToucher
+from worker.service.runtime import DeferredToucher
 
 
 def test_touches_run_on_their_own_thread_in_order_and_stop_drains_them() -> None:

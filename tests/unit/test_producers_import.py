@@ -10,7 +10,7 @@ def test_producers_do_not_import_torch() -> None:
     code = (
         "import producers, producers.client, producers.cli, producers.wire, producers.enumerate; "
         "import producers.output; "
-        "import worker.results, worker.ratelimit, worker.dlq, worker.webhook; import sys; "
+        "import worker.stores.results, worker.stores.ratelimit, producers.dlq, producers.webhook; import sys; "
         "bad = sorted(m for m in ('torch', 'timm', 'torchvision') if m in sys.modules); "
         "assert not bad, bad"
     )

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from producers.errors import ConfigError, ErrorCode
-from worker.models import registry
-from worker.models.registry import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, Preprocessing, Thresholds
+from worker.core import registry
+from worker.core.registry import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, Preprocessing, Thresholds
 
 MOBILENET, CONVNEXT = "tf_mobilenetv3_large_100", "convnext_large_mlp"
 

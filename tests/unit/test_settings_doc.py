@@ -1,6 +1,6 @@
 """The settings reference is generated from the settings classes and must stay in sync with them.
 
-When this fails after a settings change, run ``python -m worker.settings_doc --write``.
+When this fails after a settings change, run ``python -m worker.service.settings_doc --write``.
 """
 
 from __future__ import annotations
@@ -10,21 +10,18 @@ from pathlib import Path
 import pytest
 
 from producers.settings import ProducerSettings
-from worker import settings_doc
-from worker.settings import WorkerSettings
+from worker.service import settings_doc
+from worker.service.settings import WorkerSettings
 
 
 def test_docs_settings_md_is_in_sync_with_the_settings_classes() -> None:
     stale = settings_doc.stale_files(settings_doc.render_table())
-    assert not stale, f"out of date: {stale}; run: python -m worker.settings_doc --write"
+    assert not stale, f"out of date: {stale}; run: python -m worker.service.settings_doc --write"
 
 
 def test_every_setting_has_a_description() -> None:
     missing = [
-        row.env
-        for _, cls in settings_doc.PROCESSES
-        for row in settings_doc.iter_settings(cls)
-        if not row.description
+        row.env for _, cls in settings_doc.PROCESSES for row in settings_doc.iter_settings(cls) if not row.description
     ]
     assert not missing, f"settings without a description: {missing}"
 

@@ -3,15 +3,22 @@ from __future__ import annotations
 import pytest
 
 from producers.contract import Band, Label
-from worker.models import registry
-from worker.models.registry import Thresholds
-from worker.verdict import band_of, label_of, verdict
+from worker.core import registry
+from worker.core.registry import Thresholds
+from worker.core.verdict import band_of, label_of, verdict
 
 
 @pytest.mark.parametrize(
     ("score", "band"),
-    [(0.0, Band.HUMAN), (0.3499, Band.HUMAN), (0.35, Band.UNCERTAIN), (0.5, Band.UNCERTAIN),
-     (0.6499, Band.UNCERTAIN), (0.65, Band.AI), (1.0, Band.AI)],
+    [
+        (0.0, Band.HUMAN),
+        (0.3499, Band.HUMAN),
+        (0.35, Band.UNCERTAIN),
+        (0.5, Band.UNCERTAIN),
+        (0.6499, Band.UNCERTAIN),
+        (0.65, Band.AI),
+        (1.0, Band.AI),
+    ],
 )
 def test_bands_follow_default_thresholds(score: float, band: Band) -> None:
     assert band_of(score, Thresholds()) is band

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from producers.contract import JobResult, Status
-from worker.webhook import (
+from producers.webhook import (
     JOB_ID_HEADER,
     SIGNATURE_HEADER,
     deliver,

@@ -6,9 +6,9 @@ import pytest
 
 from producers.contract import JobResult, Status
 from producers.errors import ErrorCode, PermanentError, TransientError
+from producers.webhook import SIGNATURE_HEADER, verify
 from worker import webhook_delivery
-from worker.settings import WorkerSettings
-from worker.webhook import SIGNATURE_HEADER, verify
+from worker.service.settings import WorkerSettings
 
 RESULT = JobResult(job_id="job1", tenant="acme", source="s3://b/k.jpg", status=Status.OK, score=0.9)
 SECRET = "s3cret"
@@ -24,8 +24,10 @@ class Recorder:
 
 def _settings(secret: str | None = SECRET, max_attempts: int = 3) -> WorkerSettings:
     return WorkerSettings.model_validate(
-        {"results": {"webhook_secret": secret, "webhook_max_attempts": max_attempts},
-         "retry": {"backoff_base_s": 1, "backoff_max_s": 4}}
+        {
+            "results": {"webhook_secret": secret, "webhook_max_attempts": max_attempts},
+            "retry": {"backoff_base_s": 1, "backoff_max_s": 4},
+        }
     )
 
 
@@ -45,7 +47,7 @@ def _poster(monkeypatch: pytest.MonkeyPatch, reply: int | Exception) -> list[tup
 def test_delivered_once_and_signed(monkeypatch: pytest.MonkeyPatch) -> None:
     sent, rec = _poster(monkeypatch, 204), Recorder()
     assert webhook_delivery.deliver_once(_settings(), RESULT, "https://hooks.example/x", 1, rec) is None
-    (url, body, headers), = sent
+    ((url, body, headers),) = sent
     assert url == "https://hooks.example/x" and verify(body, headers[SIGNATURE_HEADER], SECRET)
     assert rec.outcomes == ["ok"]
 

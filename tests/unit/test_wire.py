@@ -66,9 +66,7 @@ def test_envelope_has_kombu_redis_shape() -> None:
         ),
     ],
 )
-def test_body_is_protocol2_args_kwargs_embed_without_defaults(
-    extra: dict[str, Any], absent: set[str]
-) -> None:
+def test_body_is_protocol2_args_kwargs_embed_without_defaults(extra: dict[str, Any], absent: set[str]) -> None:
     job = _job(**extra)
     (fields,), kwargs, embed = _body(wire.build_message(job))
     assert (kwargs, embed) == ({}, {})  # Celery reads callbacks/errbacks/chain/chord with .get: None

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from worker.celery_app import celery_config, worker_argv
-from worker.settings import WorkerSettings
+from worker.service.celery_app import celery_config, worker_argv
+from worker.service.settings import WorkerSettings
 
 
 def test_defaults_consume_both_lanes_on_a_threads_pool_sized_for_batching() -> None:
@@ -17,12 +17,16 @@ def test_defaults_consume_both_lanes_on_a_threads_pool_sized_for_batching() -> N
 
 @pytest.mark.parametrize(
     ("extra", "absent"),
-    [(["-Q", "fakesake.interactive"], "--queues"), (["--pool", "solo"], "--pool=threads"),
-     (["--concurrency", "4"], "--concurrency=36"), (["-l", "DEBUG"], "--loglevel=INFO")],
+    [
+        (["-Q", "fakesake.interactive"], "--queues"),
+        (["--pool", "solo"], "--pool=threads"),
+        (["--concurrency", "4"], "--concurrency=36"),
+        (["-l", "DEBUG"], "--loglevel=INFO"),
+    ],
 )
 def test_user_options_win(extra: list[str], absent: str) -> None:
     argv = worker_argv(WorkerSettings(), extra)
-    assert argv[-len(extra):] == extra and absent not in argv
+    assert argv[-len(extra) :] == extra and absent not in argv
 
 
 def test_celery_config_guards_against_lossy_defaults() -> None:

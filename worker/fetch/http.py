@@ -48,10 +48,10 @@ from email.message import Message
 from urllib.parse import urljoin
 
 from producers.errors import ErrorCode, FakesakeError, PermanentError, TransientError
+from worker.core.ports import Fetched
 from worker.fetch.limits import CHUNK_BYTES, Deadline, read_capped
 from worker.fetch.policy import FetchPolicy
 from worker.fetch.ssrf import CheckedUrl, IPAddress, check_url, forbidden_reason, redact_url
-from worker.protocols import Fetched
 
 __all__ = [
     "HttpFetcher",
@@ -318,7 +318,7 @@ def make_poster(
     policy: FetchPolicy, *, ssl_context: ssl.SSLContext | None = None
 ) -> Callable[[str, bytes, dict[str, str]], int]:
     """``post(url, body, headers) -> status`` through the SSRF policy, redirects not followed: the
-    ``Poster`` that :func:`worker.webhook.deliver` expects, so callback URLs get the same protection."""
+    ``Poster`` that :func:`producers.webhook.deliver` expects, so callback URLs get the same protection."""
 
     def post(url: str, body: bytes, headers: dict[str, str]) -> int:
         return http_request("POST", url, policy, body=body, headers=headers, follow_redirects=False).status
@@ -327,7 +327,7 @@ def make_poster(
 
 
 class HttpFetcher:
-    """The :class:`~worker.protocols.Fetcher` for ``http://`` and ``https://`` sources."""
+    """The :class:`~worker.core.ports.Fetcher` for ``http://`` and ``https://`` sources."""
 
     def __init__(self, policy: FetchPolicy, *, ssl_context: ssl.SSLContext | None = None) -> None:
         self.policy = policy

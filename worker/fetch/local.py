@@ -13,9 +13,9 @@ import stat
 from urllib.parse import unquote, urlsplit
 
 from producers.errors import ErrorCode, PermanentError
+from worker.core.ports import Fetched
 from worker.fetch.limits import read_capped
 from worker.fetch.policy import FetchPolicy
-from worker.protocols import Fetched
 
 _CHUNK = 1024 * 1024
 
@@ -34,7 +34,7 @@ def local_path(source: str) -> str:
 
 
 class LocalFetcher:
-    """The :class:`~worker.protocols.Fetcher` for local files (only when ``policy.allow_local_files``)."""
+    """The :class:`~worker.core.ports.Fetcher` for local files (only when ``policy.allow_local_files``)."""
 
     def __init__(self, policy: FetchPolicy) -> None:
         self.policy = policy

@@ -1,17 +1,13 @@
 """What a fetch may do: one small frozen policy, built once per process from the settings.
 
 The fetchers read only this object, never the environment, so tests build a ``FetchPolicy(...)`` directly.
-Imports only the standard library (settings are referenced for typing only).
+Imports only the standard library; ``worker.service.builder.fetch_policy`` makes it from the settings.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from worker.settings import WorkerSettings
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -49,24 +45,6 @@ class FetchPolicy:
         object.__setattr__(self, "allowed_buckets", frozenset(self.allowed_buckets))
         object.__setattr__(
             self, "allow_private", tuple(ipaddress.ip_network(n, strict=False) for n in self.allow_private)
-        )
-
-    @classmethod
-    def from_settings(cls, settings: WorkerSettings, *, allow_local_files: bool | None = None) -> FetchPolicy:
-        """The policy of a worker (or ``scan``) process; ``allow_local_files`` overrides the setting."""
-        f = settings.fetch
-        return cls(
-            max_bytes=f.max_bytes,
-            connect_timeout_s=f.connect_timeout_s,
-            read_timeout_s=f.read_timeout_s,
-            total_timeout_s=f.total_timeout_s,
-            max_redirects=f.max_redirects,
-            max_url_length=f.max_url_length,
-            allowed_ports=frozenset(f.allowed_ports),
-            allow_private=tuple(ipaddress.ip_network(c, strict=False) for c in f.allow_private),
-            allow_local_files=f.allow_local_files if allow_local_files is None else allow_local_files,
-            allowed_buckets=frozenset(settings.s3.allowed_buckets),
-            user_agent=f.user_agent,
         )
 
     def bucket_allowed(self, bucket: str) -> bool:

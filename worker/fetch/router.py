@@ -1,21 +1,18 @@
-"""One Fetcher for every source: dispatch on the URI scheme, and build the set from the settings."""
+"""One Fetcher for every source: dispatch on the URI scheme."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 from producers.errors import ErrorCode, PermanentError
+from worker.core.ports import Fetched, Fetcher
 from worker.fetch.http import HttpFetcher
 from worker.fetch.local import LocalFetcher
 from worker.fetch.policy import FetchPolicy
-from worker.fetch.s3 import S3Fetcher, make_s3_client
+from worker.fetch.s3 import S3Fetcher
 from worker.fetch.ssrf import redact_url
-from worker.protocols import Fetched, Fetcher
-
-if TYPE_CHECKING:
-    from worker.settings import WorkerSettings
 
 
 def source_scheme(source: str) -> str:
@@ -27,7 +24,7 @@ def source_scheme(source: str) -> str:
 
 
 class SourceRouter:
-    """A :class:`~worker.protocols.Fetcher` that hands each source to the fetcher of its scheme.
+    """A :class:`~worker.core.ports.Fetcher` that hands each source to the fetcher of its scheme.
 
     The key ``""`` serves plain paths. An unknown scheme is ``invalid-source``.
     """
@@ -49,25 +46,20 @@ class SourceRouter:
         return fetcher.fetch(source, version=version)
 
 
-def build_fetcher(
-    settings: WorkerSettings, *, allow_local_files: bool | None = None, s3_client: Any = None
+def default_router(
+    policy: FetchPolicy, *, s3_client: Any = None, s3_client_factory: Callable[[], Any] | None = None
 ) -> SourceRouter:
-    """The worker's fetcher: http(s) with SSRF protection, s3, and local files (refused unless allowed).
+    """http(s) with SSRF protection, s3, and local files (refused unless the policy allows them).
 
-    Without ``s3_client`` the S3 client is created on first use, i.e. in the process that fetches.
+    With ``s3_client_factory`` and no ``s3_client``, the S3 client is created on first use, i.e. in the process
+    that fetches.
     """
-    policy = FetchPolicy.from_settings(settings, allow_local_files=allow_local_files)
     web = HttpFetcher(policy)
     if s3_client is not None:
         s3 = S3Fetcher(s3_client, policy)
+    elif s3_client_factory is not None:
+        s3 = S3Fetcher.lazy(s3_client_factory, policy)
     else:
-        s3 = S3Fetcher.lazy(
-            lambda: make_s3_client(
-                settings.s3,
-                connect_timeout_s=settings.fetch.connect_timeout_s,
-                read_timeout_s=settings.fetch.read_timeout_s,
-            ),
-            policy,
-        )
+        raise ValueError("default_router needs s3_client or s3_client_factory")
     local = LocalFetcher(policy)
     return SourceRouter({"http": web, "https": web, "s3": s3, "file": local, "": local})

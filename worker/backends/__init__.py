@@ -1,1 +1,0 @@
-"""Optional inference backends implementing :class:`worker.protocols.Classifier` (torch is in ``worker.classifier``)."""

@@ -1,0 +1,240 @@
+"""The prepare/classify pipeline: sources -> fetch -> decode -> preprocess -> batched predict -> outcomes.
+
+Pure: bytes come through a :class:`~worker.core.ports.Fetcher`, model inputs from an injected ``decode``
+callable (Pillow/torch live in :mod:`worker.inference`), scores from the one batching loop
+(:class:`~worker.core.batcher.Batcher`). :meth:`Pipeline.classify` prepares inputs on a small thread pool
+(Pillow and the model release the GIL) and yields exactly one :class:`Outcome` per input, in input order;
+errors are isolated per item, and a failed batch turns only its own items into ``internal`` outcomes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Generator, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from producers.contract import Band, ErrorInfo, Label, Status, Timings
+from producers.errors import FakesakeError, as_fakesake_error
+from worker.core.batcher import Batcher
+from worker.core.ports import Fetcher
+from worker.core.registry import DetectorSpec, Thresholds
+from worker.core.verdict import verdict
+
+log = logging.getLogger(__name__)
+
+Decode = Callable[[bytes], Any]
+"""Image bytes -> one model input (raises FakesakeError with a code for bad images)."""
+
+
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000.0
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A model input ready for batching, what it cost to make it, and what the fetch learnt of the source."""
+
+    tensor: Any
+    fetch_ms: float
+    decode_ms: float  # decode + preprocess
+    source_meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result for one input: a verdict, or an error with a stable code."""
+
+    source: str
+    status: Status
+    model: str
+    score: float | None = None
+    label: Label | None = None
+    band: Band | None = None
+    error: ErrorInfo | None = None
+    timings: Timings = field(default_factory=Timings)
+
+    @property
+    def ok(self) -> bool:
+        return self.status is Status.OK
+
+    def to_record(self) -> dict[str, Any]:
+        """A JSON-able dict: one line of ``fakesake scan`` output."""
+        return {
+            "source": self.source,
+            "status": self.status.value,
+            "score": self.score,
+            "label": self.label.value if self.label else None,
+            "band": self.band.value if self.band else None,
+            "model": self.model,
+            "error": {"code": self.error.code, "message": self.error.message} if self.error else None,
+            "timings": self.timings.model_dump(exclude_none=True),
+        }
+
+
+class Preparer:
+    """Fetch, decode and preprocess one source (the per-image half of the pipeline)."""
+
+    def __init__(self, fetcher: Fetcher, decode: Decode) -> None:
+        self.fetcher = fetcher
+        self.decode = decode
+
+    def prepare(self, source: str, version: str | None = None, spent: dict[str, float] | None = None) -> Prepared:
+        """Raises FakesakeError with a code. ``spent`` receives stage timings as they complete, so a caller
+        still knows the fetch time when decoding fails."""
+        spent = {} if spent is None else spent
+        start = time.perf_counter()
+        fetched = self.fetcher.fetch(source, version=version)
+        spent["fetch_ms"] = _ms(start)
+        start = time.perf_counter()
+        tensor = self.decode(fetched.data)
+        spent["decode_ms"] = _ms(start)
+        return Prepared(tensor, spent["fetch_ms"], spent["decode_ms"], dict(fetched.meta))
+
+
+@dataclass
+class _InFlight:
+    """One source on its way through the pipeline."""
+
+    source: str
+    submitted: float
+    score: Future[float] | None = None
+    error: FakesakeError | None = None
+    spent: dict[str, float] = field(default_factory=dict)  # stage timings, kept when a later stage fails
+
+
+class Pipeline:
+    """Classify many sources in batches with per-item error isolation (``fakesake scan``, engine processes)."""
+
+    def __init__(
+        self,
+        spec: DetectorSpec,
+        preparer: Preparer,
+        batcher: Batcher,
+        *,
+        window: int = 32,
+        prepare_threads: int = 2,
+        thresholds: Thresholds | None = None,
+    ) -> None:
+        """``window``: sources prepared ahead of the one being reported (two batches keep the model busy)."""
+        if window < 1 or prepare_threads < 1:
+            raise ValueError("window and prepare_threads must be >= 1")
+        self.spec = spec
+        self.preparer = preparer
+        self.batcher = batcher
+        self.window = window
+        self.prepare_threads = prepare_threads
+        self.thresholds = thresholds or spec.thresholds
+
+    def _start(self, item: _InFlight) -> _InFlight:
+        try:
+            prepared = self.preparer.prepare(item.source, None, item.spent)
+            submitted = time.perf_counter()
+            item.score = self.batcher.submit(prepared.tensor)
+            # queue wait + the batch's forward pass, as the worker reports it
+            item.score.add_done_callback(lambda _: item.spent.__setitem__("inference_ms", _ms(submitted)))
+        except FakesakeError as exc:
+            item.error = exc
+        except Exception as exc:
+            log.exception("internal error preparing source=%s", item.source)
+            item.error = as_fakesake_error(exc)
+        return item
+
+    def classify(self, sources: Iterable[str]) -> Generator[Outcome, None, None]:
+        """One outcome per source, in order."""
+        it = iter(sources)
+        pool = ThreadPoolExecutor(self.prepare_threads, thread_name_prefix="fakesake-prepare")
+        pending: deque[Future[_InFlight]] = deque()
+
+        def refill() -> None:
+            while len(pending) < self.window:
+                source = next(it, None)
+                if source is None:
+                    return
+                pending.append(pool.submit(self._start, _InFlight(source, time.perf_counter())))
+
+        try:
+            refill()
+            while pending:
+                item = pending.popleft().result()
+                refill()
+                if item.score is not None:
+                    self._await_score(item.score, pending)
+                yield self._outcome(item)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _await_score(self, score: Future[float], pending: deque[Future[_InFlight]]) -> None:
+        """Wait for ``score``; once every source in the window is prepared, nothing more can join the batch
+        being collected, so close it rather than wait out its deadline."""
+        while not score.done():
+            preparing = [f for f in pending if not f.done()]
+            if not preparing:
+                self.batcher.flush()
+                wait([score])
+                return
+            wait([score, *preparing], return_when=FIRST_COMPLETED)
+
+    def _outcome(self, item: _InFlight) -> Outcome:
+        error = item.error
+        score: float | None = None
+        if item.score is not None:
+            try:
+                score = item.score.result()
+            except Exception as exc:
+                log.error("batch prediction failed (source=%s): %s", item.source, exc)
+                error = as_fakesake_error(exc)
+        timings = Timings(
+            fetch_ms=item.spent.get("fetch_ms"),
+            decode_ms=item.spent.get("decode_ms"),
+            inference_ms=item.spent.get("inference_ms"),
+            total_ms=_ms(item.submitted),
+        )
+        if error is not None or score is None:
+            err = error or as_fakesake_error(RuntimeError("no score"))
+            info = ErrorInfo(code=err.code.value, message=err.message, retryable=err.retryable)
+            return Outcome(item.source, Status.ERROR, self.spec.ref, error=info, timings=timings)
+        v = verdict(score, self.spec, self.thresholds)
+        return Outcome(item.source, Status.OK, v.model, v.score, v.label, v.band, timings=timings)
+
+
+class ChunkClassifier(Protocol):
+    """Engine processes (:class:`worker.inference.process_pool.EnginePool`) as the scanner sees them."""
+
+    def classify(self, sources: Iterable[str]) -> Iterator[Outcome]: ...
+
+    def close(self) -> None: ...
+
+
+class Scanner:
+    """``classify`` for a scan: the pipeline in this process, or engine processes for more than one batch.
+
+    A single batch runs here, where decode threads overlap the model on every core, instead of on one child's
+    core (and a tiny scan starts no children). Larger inputs go to the engine processes in chunks of one batch.
+    """
+
+    def __init__(self, pipeline: Pipeline, pool: ChunkClassifier | None, batch_size: int) -> None:
+        self.pipeline = pipeline
+        self.pool = pool
+        self.batch_size = batch_size
+
+    def classify(self, sources: Iterable[str]) -> Iterator[Outcome]:
+        """One outcome per source, in order."""
+        it = iter(sources)
+        if self.pool is not None:
+            head = list(itertools.islice(it, self.batch_size + 1))
+            if len(head) > self.batch_size:
+                yield from self.pool.classify(itertools.chain(head, it))
+                return
+            it = iter(head)
+        yield from self.pipeline.classify(it)
+
+    def close(self) -> None:
+        """Stop the batching thread and the engine processes."""
+        self.pipeline.batcher.stop()
+        if self.pool is not None:
+            self.pool.close()

@@ -1,0 +1,301 @@
+"""The one builder: reads :class:`~worker.service.settings.WorkerSettings` and wires the process.
+
+Nothing else in the project reads settings. Everything past this module receives small frozen policies
+(:class:`~worker.fetch.policy.FetchPolicy`, :class:`~worker.core.batching.BatchPolicy`,
+:class:`~worker.core.retry.RetryPolicy`, ...) or ready-made objects, so the core and the adapters are tested
+without the environment. Heavy imports (torch, timm, onnxruntime) happen inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from importlib.util import find_spec
+from typing import TYPE_CHECKING, Any
+
+from producers.errors import ConfigError
+from producers.s3 import make_s3_client
+from worker.core import registry
+from worker.core.batcher import Batcher
+from worker.core.batching import BatchPolicy
+from worker.core.pipeline import Decode, Pipeline, Preparer, Scanner
+from worker.core.processing import RateLimitPolicy
+from worker.core.registry import DetectorSpec, Thresholds
+from worker.core.retry import RetryPolicy
+from worker.fetch.policy import FetchPolicy
+from worker.fetch.router import SourceRouter, default_router
+from worker.service.settings import WorkerSettings
+
+if TYPE_CHECKING:
+    from worker.core.ports import Classifier, Fetcher
+    from worker.inference.process_pool import EnginePool
+    from worker.service.runtime import WorkerRuntime
+
+log = logging.getLogger(__name__)
+
+# A scan's batch closes when it is full or when its pipeline flushes (every source in the window prepared); the
+# deadline only bounds the wait behind a slow fetch, so it can be long. Workers use batch.max_wait_ms.
+SCAN_BATCH_WAIT_S = 0.5
+
+
+# --- policies ---------------------------------------------------------------------------------------------
+
+
+def fetch_policy(settings: WorkerSettings, *, allow_local_files: bool | None = None) -> FetchPolicy:
+    """The fetch limits of this process; ``allow_local_files`` overrides the setting (``scan`` allows them)."""
+    f = settings.fetch
+    return FetchPolicy(
+        max_bytes=f.max_bytes,
+        connect_timeout_s=f.connect_timeout_s,
+        read_timeout_s=f.read_timeout_s,
+        total_timeout_s=f.total_timeout_s,
+        max_redirects=f.max_redirects,
+        max_url_length=f.max_url_length,
+        allowed_ports=frozenset(f.allowed_ports),
+        allow_private=tuple(ipaddress.ip_network(c, strict=False) for c in f.allow_private),
+        allow_local_files=f.allow_local_files if allow_local_files is None else allow_local_files,
+        allowed_buckets=frozenset(settings.s3.allowed_buckets),
+        user_agent=f.user_agent,
+    )
+
+
+def retry_policy(settings: WorkerSettings) -> RetryPolicy:
+    return RetryPolicy(**settings.retry.model_dump())
+
+
+def rate_limit_policy(settings: WorkerSettings) -> RateLimitPolicy:
+    return RateLimitPolicy(**settings.rate_limit.model_dump())
+
+
+def batch_policy(settings: WorkerSettings) -> BatchPolicy:
+    return BatchPolicy(max_size=settings.batch.max_size, max_wait_s=settings.batch.max_wait_ms / 1000)
+
+
+def thresholds(settings: WorkerSettings, spec: DetectorSpec) -> Thresholds:
+    """The spec's thresholds with the settings' overrides (ConfigError if they are out of order)."""
+    model = settings.model
+    try:
+        return Thresholds(
+            human_max=spec.thresholds.human_max if model.human_max is None else model.human_max,
+            ai_min=spec.thresholds.ai_min if model.ai_min is None else model.ai_min,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"model thresholds: {exc}") from None
+
+
+# --- fetching ---------------------------------------------------------------------------------------------
+
+
+def s3_client(settings: WorkerSettings) -> Any:
+    """An S3 client with the fetch deadlines (sources and result sink alike). Call it after any fork."""
+    return make_s3_client(
+        settings.s3, connect_timeout_s=settings.fetch.connect_timeout_s, read_timeout_s=settings.fetch.read_timeout_s
+    )
+
+
+def fetcher(settings: WorkerSettings, *, allow_local_files: bool | None = None, client: Any = None) -> SourceRouter:
+    """http(s) with SSRF protection, s3, and local files (refused unless allowed). Without ``client`` the S3
+    client is created on first use, i.e. in the process that fetches (picklable for engine processes)."""
+    return default_router(
+        fetch_policy(settings, allow_local_files=allow_local_files),
+        s3_client=client,
+        s3_client_factory=partial(s3_client, settings),
+    )
+
+
+# --- the model --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A detector ready to serve: what it is, how to make its inputs, and how to score them."""
+
+    spec: DetectorSpec
+    thresholds: Thresholds
+    classifier: Classifier
+    decode: Decode
+    device: str
+
+
+def usable_cores() -> int:
+    from worker.inference.process_pool import usable_cores as cores
+
+    return cores()
+
+
+def load_model(settings: WorkerSettings, *, s3_client_factory: Callable[[], Any] | None = None) -> LoadedModel:
+    """Load the configured detector on the configured backend (ConfigError if unusable)."""
+    import torch
+
+    from worker.inference.imaging import DecodePolicy
+    from worker.inference.loader import load_detector
+    from worker.inference.preprocess import from_bytes
+    from worker.inference.torch_classifier import TorchClassifier
+
+    model = settings.model
+    spec = registry.get(model.name)
+    limits = thresholds(settings, spec)
+    if model.threads:
+        torch.set_num_threads(model.threads)
+    detector = load_detector(
+        spec,
+        model.weights,
+        revision=model.revision,
+        device=model.device,
+        s3_client_factory=s3_client_factory or partial(make_s3_client, settings.s3),
+    )
+    policy = DecodePolicy(
+        max_pixels=settings.fetch.max_pixels,
+        max_bytes=settings.fetch.max_bytes,
+        mode=model.preprocess,
+        target_px=spec.preprocessing.size_px,
+    )
+    classifier: Classifier
+    backend = model.backend
+    if backend == "auto":
+        backend = "onnx" if detector.device.type == "cpu" and find_spec("onnxruntime") else "torch"
+    if backend == "onnx":
+        from worker.inference.onnx_classifier import OnnxClassifier
+
+        # Half the cores by default: the prepare threads decode on the rest, and at 1024^2 JPEG decode and
+        # model cost about the same per core. On the shared 2-core machine, engine img/s interleaved over 5
+        # passes: 1 ORT thread median 14.1 vs 2 threads 9.5 (1 thread ahead in 4 of 5; load was heavy).
+        classifier = OnnxClassifier(detector, threads=model.threads or max(1, usable_cores() // 2))
+    else:
+        classifier = TorchClassifier(detector, amp=model.autocast)
+    log.info("model backend %s (setting %s) on %s", backend, model.backend, detector.device)
+    decode = partial(from_bytes, policy=policy, pre=spec.preprocessing)
+    return LoadedModel(spec, limits, classifier, decode, str(detector.device))
+
+
+# --- scan and engine processes ----------------------------------------------------------------------------
+
+
+def pipeline(settings: WorkerSettings, source_fetcher: Fetcher, loaded: LoadedModel | None = None) -> Pipeline:
+    """A scan pipeline (this process: prepare threads, one batching thread, the model)."""
+    loaded = loaded or load_model(settings)
+    policy = BatchPolicy(max_size=settings.batch.max_size, max_wait_s=SCAN_BATCH_WAIT_S)
+    batcher = Batcher(loaded.classifier.predict, policy).start()
+    return Pipeline(
+        loaded.spec,
+        Preparer(source_fetcher, loaded.decode),
+        batcher,
+        window=2 * settings.batch.max_size,
+        prepare_threads=settings.batch.prepare_threads,
+        thresholds=loaded.thresholds,
+    )
+
+
+def child_pipeline(settings: WorkerSettings, log_level: int = logging.WARNING) -> Pipeline:
+    """The pipeline of one engine process: one model thread, one prepare thread, its own fetcher."""
+    from worker.service.logs import setup_logging
+
+    setup_logging(logging.getLevelName(log_level), settings.log.json_format)
+    # One intra-op thread unless the user asked for more; load_model applies it to torch too (which bounds
+    # torch ops in preprocessing, whatever the backend).
+    model = settings.model.model_copy(update={"threads": settings.model.threads or 1})
+    batch = settings.batch.model_copy(update={"prepare_threads": 1, "processes": 1})
+    child = settings.model_copy(update={"model": model, "batch": batch})
+    return pipeline(child, fetcher(child, allow_local_files=True))
+
+
+def engine_pool(settings: WorkerSettings, device_type: str, model_ref: str) -> EnginePool | None:
+    """Engine processes for a scan (``batch.processes``), or None for this process alone."""
+    from worker.inference.process_pool import EnginePool, resolve_processes
+
+    processes = resolve_processes(settings.batch.processes, device_type)
+    if processes <= 1:
+        return None
+    log.info("classify runs on %d engine processes (batch.processes=%d)", processes, settings.batch.processes)
+    build = partial(child_pipeline, settings, logging.getLogger().getEffectiveLevel())
+    return EnginePool(build, processes, chunk_size=settings.batch.max_size, model_ref=model_ref)
+
+
+def scanner(settings: WorkerSettings, client: Any = None) -> Scanner:
+    """What ``fakesake scan`` classifies with: local files allowed, engine processes per ``batch.processes``."""
+    loaded = load_model(settings)
+    here = pipeline(settings, fetcher(settings, allow_local_files=True, client=client), loaded)
+    device_type = loaded.device.split(":")[0]
+    return Scanner(here, engine_pool(settings, device_type, loaded.spec.ref), settings.batch.max_size)
+
+
+# --- the worker -------------------------------------------------------------------------------------------
+
+
+def worker_runtime(settings: WorkerSettings) -> WorkerRuntime:
+    """Everything one worker process runs, started (model loaded, stores connected, telemetry serving)."""
+    from producers.connections import redis_from_settings
+    from producers.dlq import DeadLetters
+    from worker.core.processing import JobProcessor
+    from worker.service.runtime import BoundedPreparer, DeferredToucher, WorkerRuntime
+    from worker.service.telemetry import Telemetry
+    from worker.stores.counters import RedisJobCounters
+    from worker.stores.ledger import LedgerSweeper, SweepThread, Toucher
+    from worker.stores.ratelimit import RedisRateLimiter
+    from worker.stores.results import RedisResultStore, S3ResultSink, SinkingResultStore
+
+    client = redis_from_settings(settings.redis)
+    telemetry = Telemetry.start(settings.metrics, client)
+    t0 = time.monotonic()
+    s3 = s3_client(settings)
+    loaded = load_model(settings)
+    telemetry.model_loaded(loaded.spec.ref, time.monotonic() - t0)
+    batches = batch_policy(settings)
+    batcher = Batcher(loaded.classifier.predict, batches, observer=telemetry.observe_batch).start()
+    dead_letters = DeadLetters(client)
+    store: Any = RedisResultStore(client, ttl_s=settings.results.ttl_s, index_max=settings.results.index_max)
+    if settings.results.s3_prefix:
+        store = SinkingResultStore(store, S3ResultSink(s3, settings.results.s3_prefix))
+    processor = JobProcessor(
+        spec=loaded.spec,
+        preparer=BoundedPreparer(Preparer(fetcher(settings, client=s3), loaded.decode), settings.batch.prepare_threads),
+        infer=batcher.submit,
+        store=store,
+        counters=RedisJobCounters(client),
+        dead_letters=dead_letters,
+        limiter=RedisRateLimiter(client),
+        retry=retry_policy(settings),
+        rate=rate_limit_policy(settings),
+        thresholds=loaded.thresholds,
+    )
+    log.info(
+        "worker ready: %s on %s, batch<=%d wait<=%.0fms",
+        loaded.spec.ref,
+        loaded.device,
+        batches.max_size,
+        settings.batch.max_wait_ms,
+    )
+    ledger = None
+    if settings.ledger.sweep_interval_s > 0:
+        sweeper = LedgerSweeper(client, grace_s=settings.ledger.grace_s, batch=settings.ledger.batch)
+        ledger = SweepThread(sweeper, settings.ledger.sweep_interval_s, on_report=telemetry.ledger_swept).start()
+    touch = DeferredToucher(Toucher(client)).start()
+    return WorkerRuntime(
+        processor=processor,
+        batcher=batcher,
+        redis=client,
+        dead_letters=dead_letters,
+        telemetry=telemetry,
+        webhooks=webhook_sender(settings),
+        ledger=ledger,
+        touch=touch,
+        heartbeat_interval_s=settings.metrics.heartbeat_interval_s,
+    )
+
+
+def webhook_sender(settings: WorkerSettings) -> Any:
+    """The webhook delivery of this worker (SSRF-checked poster, signing secret, attempts, backoff)."""
+    from worker.fetch.http import make_poster
+    from worker.service.webhook_delivery import WebhookSender
+
+    secret = settings.results.webhook_secret
+    return WebhookSender(
+        post=make_poster(fetch_policy(settings)),
+        secret=secret.get_secret_value() if secret is not None else None,
+        max_attempts=settings.results.webhook_max_attempts,
+        retry=retry_policy(settings),
+    )

@@ -1,0 +1,246 @@
+"""The Celery adapter: app, configuration and task definitions — nothing else.
+
+A task validates its message, hands the job to :class:`worker.core.processing.JobProcessor`, and maps the decision
+to Celery: ``Finished`` → return (ack, the result is already stored), ``RetryLater`` → ``self.retry`` with a
+countdown (the new message is published before this one is acked). If the result store cannot be written the
+message is rejected back to the queue, never acked without its result.
+
+Why an in-process batcher and not celery-batches: see README "Why this batching design".
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from typing import Any
+
+from celery import Celery, Task, bootsteps, signals
+from celery.exceptions import Reject
+from kombu.entity import Queue
+from pydantic import ValidationError
+
+from producers.connections import broker_url, celery_ssl_options
+from producers.contract import ALL_QUEUES, TASK_NAME, WEBHOOK_TASK_NAME, JobMessage, JobResult
+from producers.errors import ErrorCode, FakesakeError
+from worker.core.processing import Finished
+from worker.service.logs import job_context
+from worker.service.settings import WorkerSettings
+from worker.stores.broker import TRANSPORT_PATH
+
+log = logging.getLogger(__name__)
+
+
+def celery_config(settings: WorkerSettings) -> dict[str, Any]:
+    """Celery settings derived from ours. Each line guards against a default that loses or duplicates work."""
+    vt = settings.redis.visibility_timeout_s
+    return {
+        "broker_url": broker_url(settings.redis),
+        "broker_transport": TRANSPORT_PATH,  # kombu's Redis transport, fixed to survive a Redis restart
+        "broker_use_ssl": celery_ssl_options(settings.redis),
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {
+            "visibility_timeout": vt,  # unacked jobs of a dead worker come back after this
+            "queue_order_strategy": "priority",  # interactive lane is always polled before bulk
+            "unacked_restore_interval": max(1, min(10, vt // 4)),
+            "unacked_restore_throttle": 1,
+        },
+        "task_serializer": "json",
+        "accept_content": ["json"],  # pickle would let a producer run code on the worker
+        "result_serializer": "json",
+        "task_ignore_result": True,  # results go to our own tenant-scoped store
+        "task_acks_late": True,  # ack after the result is written
+        "task_reject_on_worker_lost": True,  # a killed worker's job is redelivered (we count deliveries)
+        "task_acks_on_failure_or_timeout": True,
+        "worker_prefetch_multiplier": 1,
+        # Off by default: 3 Redis publishes per job on the consumer thread. Flower enables them remotely while it
+        # runs (its enable_events option); metrics come from worker/service/metrics.py, not from events.
+        "worker_send_task_events": settings.metrics.task_events,
+        "task_send_sent_event": False,
+        "task_queues": [Queue(q, routing_key=q) for q in ALL_QUEUES],
+        "task_default_queue": ALL_QUEUES[0],
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "worker_hijack_root_logger": False,
+    }
+
+
+app = Celery("fakesake", set_as_current=False)
+app.add_defaults(lambda: celery_config(WorkerSettings()))
+
+_runtime_lock = threading.Lock()
+_runtime: Any = None
+
+
+def runtime() -> Any:
+    """The process's WorkerRuntime, built on first use (model load included)."""
+    global _runtime
+    if _runtime is None:
+        with _runtime_lock:
+            if _runtime is None:
+                from worker.service.builder import worker_runtime
+
+                _runtime = worker_runtime(WorkerSettings())
+    return _runtime
+
+
+@signals.worker_init.connect
+def _load_at_start(sender: Any = None, **_: Any) -> None:
+    # threads/solo pools run jobs in this process: load the model before consuming, so readiness means
+    # loaded and a bad model fails the start. A prefork parent must not touch CUDA: children load lazily.
+    pool = getattr(sender, "pool_cls", "")
+    if "prefork" not in str(pool).lower():
+        runtime()
+
+
+class ConsumerTick(bootsteps.StartStopStep):  # type: ignore[misc]  # celery ships no type hints
+    """Reports, every heartbeat interval, that the consumer's event loop runs (worker.service.health's liveness).
+
+    The entry lives on the consumer's timer, which only the event loop fires: a consumer that stopped or
+    wedged stops ticking. Celery cancels a failed connection's timer entries and calls ``start`` again on
+    every reconnect, so the tick follows the consumer through restarts.
+    """
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        self._entry: Any = None
+        super().__init__(parent, **kwargs)
+
+    def start(self, c: Any) -> None:
+        rt = _runtime
+        if rt is None or c.timer is None:  # a prefork parent has no runtime; tick nothing rather than lie
+            return
+        rt.telemetry.consumer_tick()
+        self._entry = c.timer.call_repeatedly(rt.heartbeat_interval_s, rt.telemetry.consumer_tick)
+
+    def stop(self, c: Any) -> None:
+        if self._entry is not None:
+            self._entry.cancel()
+            self._entry = None
+
+    shutdown = stop
+
+
+app.steps["consumer"].add(ConsumerTick)
+
+
+@signals.worker_shutdown.connect
+def _close(**_: Any) -> None:
+    if _runtime is not None:
+        _runtime.close()
+
+
+@signals.task_received.connect
+def _mark_received(request: Any = None, **_: Any) -> None:
+    # The message is in kombu's unacked hash now: mark the job alive in the ledger (worker/stores/ledger.py), so one
+    # whose worker dies before starting it is left to kombu's restore rather than also re-queued by the
+    # ledger. Without a runtime in this process (a prefork parent) the touch at processing start does it.
+    # rt.touch (runtime.DeferredToucher) only queues the id: it never blocks the consumer and never raises.
+    rt = _runtime
+    if rt is None or rt.touch is None or request is None or getattr(request, "name", None) != TASK_NAME:
+        return
+    rt.touch(request.id)
+
+
+@signals.task_rejected.connect
+def _dead_letter_refused(message: Any = None, exc: BaseException | None = None, **_: Any) -> None:
+    # Celery logs and drops a message it will not decode (pickle or any content type outside accept_content,
+    # a malformed envelope). Keep a dead letter too, so the job shows in `fakesake dlq list` instead of
+    # vanishing. Only the envelope's headers are recorded: the body is never decoded.
+    headers = getattr(message, "headers", None) or {}
+    record = {
+        "job_id": headers.get("id"),
+        "task": headers.get("task"),
+        "content_type": getattr(message, "content_type", None),
+    }
+    reason = f"message refused by the worker: {type(exc).__name__ if exc else 'unknown message format'}: {exc}"
+    try:
+        from producers.connections import redis_from_settings
+        from producers.dlq import DeadLetters
+
+        client = _runtime.redis if _runtime is not None else redis_from_settings(WorkerSettings().redis)
+        DeadLetters(client).add_raw(record, code=ErrorCode.INVALID_JOB.value, message=reason[:2000])
+    except Exception:  # the consumer thread must go on; Celery has already logged the message
+        log.exception("cannot dead-letter refused message %s", record)
+
+
+@app.task(name=TASK_NAME, bind=True, max_retries=None, acks_late=True)
+def classify(self: Task, payload: dict[str, Any], rate_reserved: list[str] | None = None) -> str:
+    """Classify one image reference; the verdict goes to the result store, not the Celery backend."""
+    try:
+        job = JobMessage.model_validate(payload)
+    except ValidationError as exc:
+        runtime().reject_invalid(payload, exc)
+        return "invalid"
+    rt = runtime()
+    with job_context(job.job_id, job.tenant):
+        try:
+            decision = rt.process(
+                job, lane=self.request.delivery_info.get("routing_key"), reserved=frozenset(rate_reserved or ())
+            )
+        except FakesakeError as exc:  # result store or counters unavailable: do not ack without a result
+            log.warning("cannot finish job now (%s); returning it to the queue", exc.code)
+            raise Reject(str(exc), requeue=True) from exc
+        if isinstance(decision, Finished):
+            # Error results too: a caller waiting on its callback must hear that the job failed. Duplicates
+            # too: a worker that died after storing the result but before queueing its webhook leaves only
+            # this redelivery to send it. Webhooks are therefore at-least-once; receivers dedupe on the
+            # X-Fakesake-Job-Id header.
+            if job.callback_url:
+                deliver_webhook.apply_async(
+                    args=[decision.result.model_dump(mode="json"), job.callback_url],
+                    queue=self.request.delivery_info.get("routing_key") or ALL_QUEUES[0],
+                )
+            return decision.result.status.value
+        # A held rate-limit slot travels with the retried message so the job does not queue for it twice.
+        raise self.retry(
+            countdown=decision.countdown_s,
+            exc=decision.error,
+            max_retries=None,
+            kwargs={"rate_reserved": sorted(decision.reserved)},
+        )
+
+
+@app.task(name=WEBHOOK_TASK_NAME, bind=True, max_retries=None, acks_late=True)
+def deliver_webhook(self: Task, result: dict[str, Any], url: str) -> str:
+    """POST a stored result to its callback URL, signed; retried on its own, never touching the result."""
+    rt = runtime()
+    stored = JobResult.model_validate(result)
+    with job_context(stored.job_id, stored.tenant):
+        countdown = rt.deliver_webhook(stored, url, attempt=self.request.retries + 1)
+        if countdown is None:
+            return "done"
+        raise self.retry(countdown=countdown, max_retries=None)
+
+
+def worker_argv(settings: WorkerSettings, extra: list[str]) -> list[str]:
+    """``celery worker`` arguments: threads pool sized for batching, both lanes, events if configured."""
+    argv = ["worker", "--events"] if settings.metrics.task_events else ["worker"]
+    if not any(a.startswith(("--queues", "-Q")) for a in extra):
+        argv += ["--queues", ",".join(ALL_QUEUES)]  # both lanes, interactive polled first
+    if not any(a.startswith(("--pool", "-P")) for a in extra):
+        argv.append("--pool=threads")
+    if not any(a.startswith(("--concurrency", "-c")) for a in extra):
+        # Enough job threads to fill two batches while one is in the model.
+        argv.append(f"--concurrency={max(8, 2 * settings.batch.max_size + settings.batch.prepare_threads)}")
+    if not any(a.startswith(("--loglevel", "-l")) for a in extra):
+        argv.append(f"--loglevel={settings.log.level}")
+    return argv + extra
+
+
+def run_worker(extra: list[str]) -> int:
+    """``fakesake worker [celery worker options]``."""
+    settings = WorkerSettings()
+    from worker.service.logs import setup_logging
+
+    setup_logging(settings.log.level, settings.log.json_format)
+    if extra and extra[0] == "--":
+        extra = extra[1:]
+    os.environ.setdefault("FORKED_BY_MULTIPROCESSING", "1")
+    app.worker_main(worker_argv(settings, extra))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(run_worker(sys.argv[1:]))

@@ -1,0 +1,124 @@
+"""The ``fakesake`` console script.
+
+Sub-commands import what they need when they run, so ``fakesake submit`` works in a producer-only install
+(no torch) and ``fakesake --help`` is instant.
+Exit codes: 0 success, 3 some inputs failed (each reported), 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from producers.errors import ConfigError
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_SOME_FAILED = 3
+
+log = logging.getLogger(__name__)
+
+
+def _add_scan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("scan", help="classify files, folders, URLs or S3 prefixes in-process (no Redis)")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="file, directory (recursive), http(s):// URL or s3://bucket/key-or-prefix",
+    )
+    p.add_argument("--model", help="detector name (see `fakesake models`); env FAKESAKE_MODEL__NAME")
+    p.add_argument(
+        "--weights", help="weights file, snapshot dir, hf-hub:REPO[@REV] or s3://; env FAKESAKE_MODEL__WEIGHTS"
+    )
+    p.add_argument("--device", help="auto|cpu|cuda|cuda:N")
+    p.add_argument("--preprocess", choices=["exact", "fast"], help="exact (default) matches the reference pipeline")
+    p.add_argument("--batch-size", type=int, help="largest inference batch")
+    p.add_argument("--format", choices=["jsonl", "csv", "table"], default="jsonl")
+    p.add_argument("--output", "-o", help="write records here instead of stdout")
+    p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint; env FAKESAKE_S3__ENDPOINT_URL")
+    p.add_argument("--allow-private", help="CIDRs reachable despite SSRF protection; env FAKESAKE_FETCH__ALLOW_PRIVATE")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(run=_run_scan)
+
+
+def _run_scan(args: argparse.Namespace) -> int:
+    from worker.service.scan import run_scan
+
+    return run_scan(args)
+
+
+def _add_worker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("worker", help="run a Celery worker (options after `--` go to celery worker)", add_help=False)
+    p.add_argument("celery_args", nargs=argparse.REMAINDER)
+    p.set_defaults(run=_run_worker)
+
+
+def _run_worker(args: argparse.Namespace) -> int:
+    from worker.service.celery_app import run_worker
+
+    return run_worker(list(args.celery_args))
+
+
+def _add_models(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("models", help="list the known detectors")
+    p.set_defaults(run=_run_models)
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from worker.core import registry
+
+    for name in registry.names():
+        spec = registry.get(name)
+        print(f"{spec.ref:<18} {spec.arch:<28} {spec.preprocessing.size_px}px  {spec.hub_repo}  {spec.description}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fakesake", description="Detect AI-generated images (Sumsub FFS models).")
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (env FAKESAKE_LOG__LEVEL)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_scan(sub)
+    _add_worker(sub)
+    _add_models(sub)
+    from producers import cli as producer_cli
+
+    producer_cli.add_subcommands(sub)
+    try:
+        from worker.service import health
+    except ImportError:  # pragma: no cover - health needs nothing beyond the base install
+        pass
+    else:
+        health.add_subcommand(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["worker"] and not {"-h", "--help"} & set(argv[1:2]):
+        # Everything after `worker` belongs to `celery worker`; argparse's REMAINDER cannot pass options
+        # such as `--pool threads` through a sub-command, so they skip the parser.
+        try:
+            return _run_worker(argparse.Namespace(celery_args=argv[1:]))
+        except ConfigError as exc:
+            print(f"fakesake: {exc.code.value}: {exc.message}", file=sys.stderr)
+            return EXIT_USAGE
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from worker.service.logs import setup_logging
+
+    setup_logging(level=args.log_level)
+    try:
+        code: int = args.run(args)
+    except ConfigError as exc:
+        print(f"fakesake: {exc.code.value}: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

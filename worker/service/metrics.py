@@ -1,0 +1,244 @@
+"""Prometheus metrics of a worker process.
+
+Every metric lives in a :class:`Metrics` object that owns its own ``CollectorRegistry`` rather than in
+prometheus-client's global default registry. Why: tests (and a process that builds two apps) can create as
+many ``Metrics`` as they like without "Duplicated timeseries" errors, and the exposition contains only our
+metrics, not whatever another library registered globally. The worker builds one with :func:`default` and
+serves it with :func:`start_metrics_server`.
+
+Metrics are per process: the worker runs one process per GPU (``--pool threads``), so one endpoint per pod
+covers it. A prefork pool would need prometheus-client's multiprocess mode, which this module does not set up.
+
+Queue depth and DLQ size are read from Redis at scrape time by :class:`RedisDepthCollector` (one pipelined
+round trip), so every worker reports the same, current figures: aggregate them with ``max``, not ``sum``.
+No torch here.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from producers.contract import ALL_QUEUES, KEY_PREFIX, Keys
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = KEY_PREFIX  # every metric is called fakesake_*
+
+# Buckets: latency from 1 ms to 2 min; queue wait up to an hour (bulk lanes back up for a long time).
+_LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+)
+_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+#: ``code`` label value of a successful job (Prometheus labels cannot be absent).
+NO_ERROR = "none"
+
+
+class DepthClient(Protocol):
+    """The part of a redis-py client :class:`RedisDepthCollector` needs."""
+
+    def pipeline(self, transaction: bool = ...) -> Any: ...
+
+
+def lane_of(queue: str) -> str:
+    """``fakesake.interactive`` -> ``interactive`` (the ``lane`` label)."""
+    return queue.rsplit(".", 1)[-1]
+
+
+class RedisDepthCollector(Collector):
+    """Reads the lane lists' lengths and the DLQ size from Redis when Prometheus scrapes.
+
+    Cheap: one pipelined round trip (``LLEN`` per lane, ``TYPE`` of the DLQ key), plus one size command for
+    the DLQ whose data type the DLQ module chooses. A Redis error never fails the scrape: it reports
+    ``fakesake_redis_up 0`` and omits the depth samples.
+    """
+
+    _SIZE_COMMAND = {"list": "llen", "zset": "zcard", "hash": "hlen", "set": "scard", "stream": "xlen"}
+
+    def __init__(self, client: DepthClient, queues: Sequence[str] = ALL_QUEUES, dlq_key: str = Keys.DLQ) -> None:
+        self._client = client
+        self._queues = tuple(queues)
+        self._dlq_key = dlq_key
+
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(f"{NAMESPACE}_queue_depth", "Jobs waiting in a lane's Redis list", labels=["lane"]),
+            GaugeMetricFamily(f"{NAMESPACE}_dlq_size", "Dead-letter records waiting to be inspected or re-driven"),
+            GaugeMetricFamily(f"{NAMESPACE}_redis_up", "1 if Redis answered the last scrape's depth query"),
+        )
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        # Defining describe() keeps registration from calling collect(), i.e. from touching Redis.
+        return self._families()
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        depth, dlq, up = self._families()
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for queue in self._queues:
+                pipe.llen(queue)
+            pipe.type(self._dlq_key)
+            *lengths, dlq_type = pipe.execute()
+            dlq_type = dlq_type.decode() if isinstance(dlq_type, bytes) else str(dlq_type)
+            command = self._SIZE_COMMAND.get(dlq_type)
+            dlq_size = int(getattr(self._client, command)(self._dlq_key)) if command else 0
+        except Exception as exc:  # any client error: report it as a gauge, never break /metrics
+            log.warning("queue depth scrape failed: %s", exc)
+            up.add_metric([], 0)
+            return [depth, dlq, up]
+        for queue, length in zip(self._queues, lengths, strict=True):
+            depth.add_metric([lane_of(queue)], int(length))
+        dlq.add_metric([], dlq_size)
+        up.add_metric([], 1)
+        return [depth, dlq, up]
+
+
+class Metrics:
+    """All worker metrics, registered in ``self.registry`` (a private registry, see the module doc)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.jobs_total = Counter(
+            "jobs",
+            "Final job outcomes by status (ok|error), error code (none if ok) and lane",
+            ["status", "code", "lane"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "batch_size",
+            "Images per inference batch",
+            namespace=NAMESPACE,
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait_seconds = Histogram(
+            "queue_wait_seconds",
+            "Time from submission to a worker starting the job, by lane",
+            ["lane"],
+            namespace=NAMESPACE,
+            buckets=_WAIT_BUCKETS,
+            registry=r,
+        )
+        self.fetch_seconds = Histogram(
+            "fetch_seconds",
+            "Time to fetch one image's bytes (S3, HTTP, file)",
+            namespace=NAMESPACE,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.decode_seconds = Histogram(
+            "decode_seconds",
+            "Time to decode and preprocess one image",
+            namespace=NAMESPACE,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference_seconds = Histogram(
+            "inference_seconds",
+            "Time of one batched forward pass",
+            namespace=NAMESPACE,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inflight_jobs = Gauge(
+            "inflight_jobs",
+            "Jobs this process has started and not yet finished",
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.model_load_seconds = Gauge(
+            "model_load_seconds",
+            "Seconds the last model load took, by model name@version",
+            ["model"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.rate_limit_deferrals_total = Counter(
+            "rate_limit_deferrals",
+            "Jobs deferred by a global rate limit, by scope (tenant|host)",
+            ["scope"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.webhook_deliveries_total = Counter(
+            "webhook_deliveries",
+            "Webhook delivery attempts by outcome (ok|retry|failed)",
+            ["outcome"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.jobs_requeued_by_ledger_total = Counter(
+            "jobs_requeued_by_ledger",
+            "Jobs the ledger sweeper pushed again: in no lane, no delivery for a grace, no result",
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self._depth: RedisDepthCollector | None = None
+        self._lock = threading.Lock()
+
+    def job_finished(self, status: str, code: str | None, lane: str) -> None:
+        """Count one final outcome; ``code`` None (success) is recorded as ``none``."""
+        self.jobs_total.labels(status=status, code=code or NO_ERROR, lane=lane).inc()
+
+    def watch_redis(
+        self, client: DepthClient, queues: Sequence[str] = ALL_QUEUES, dlq_key: str = Keys.DLQ
+    ) -> RedisDepthCollector:
+        """Export queue depth per lane and DLQ size read from ``client`` at scrape time (once per Metrics)."""
+        with self._lock:
+            if self._depth is None:
+                self._depth = RedisDepthCollector(client, queues, dlq_key)
+                self.registry.register(self._depth)
+            return self._depth
+
+
+_default: Metrics | None = None
+_default_lock = threading.Lock()
+
+
+def default() -> Metrics:
+    """The process's Metrics, created on first use (adapters such as the Celery tasks share it)."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Metrics()
+        return _default
+
+
+def start_metrics_server(port: int, metrics: Metrics | None = None, host: str = "0.0.0.0") -> WSGIServer | None:
+    """Serve ``metrics`` (default: :func:`default`) on ``http://host:port/metrics`` in a daemon thread.
+
+    ``port`` 0 disables the endpoint and returns None. Returns the server; ``shutdown()`` stops it.
+    """
+    if port == 0:
+        log.info("metrics endpoint disabled (metrics.port = 0)")
+        return None
+    registry = (metrics or default()).registry
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    log.info("metrics on http://%s:%s/metrics", host, port)
+    return server

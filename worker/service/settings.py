@@ -1,0 +1,229 @@
+"""Worker (and in-process scan) settings: one pydantic-settings class, nested groups.
+
+``FAKESAKE_MODEL__NAME=ffs-mj-5m FAKESAKE_BATCH__MAX_SIZE=16 fakesake worker``. The core never reads
+these directly: the process turns them into small frozen policies (BatchPolicy, FetchPolicy, ...).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from producers.settings import ENV_PREFIX, QueueSettings, RedisSettings, S3Settings, parse_cidrs
+
+
+class ModelSettings(BaseModel):
+    name: str = Field(default="ffs-mj-5m", description="Detector registry name (fakesake models)")
+    weights: str | None = Field(
+        default=None,
+        description="Weights: a .pt file, a directory holding the HF snapshot, hf-hub:REPO[@REV] or s3://...; "
+        "None = the registry's hub repo through the Hugging Face cache",
+    )
+    revision: str | None = Field(default=None, description="Pinned hub revision (commit sha or tag)")
+    device: str = Field(default="auto", description="auto|cpu|cuda|cuda:N")
+    preprocess: Literal["exact", "tensor", "fast"] = Field(
+        default="exact",
+        description="exact = identical to the reference pipeline; tensor = plain JPEGs decoded "
+        "and resized with torch (decode+preprocess ~2x faster; model inputs within 1/255 of exact, but scores moved "
+        "by up to 0.042 on seeded random weights, so opt-in only); fast = JPEG draft decoding",
+    )
+    human_max: float | None = Field(default=None, ge=0, le=1, description="Override: score below -> band human")
+    ai_min: float | None = Field(default=None, ge=0, le=1, description="Override: score at/above -> band ai")
+    threads: int = Field(
+        default=0,
+        ge=0,
+        description="CPU intra-op threads of the model; 0 = torch's default, or for onnx half the "
+        "cores (decoding uses the rest)",
+    )
+    autocast: bool = Field(
+        default=False,
+        description="torch backend on CUDA: run the model under fp16 autocast (faster on GPUs, but "
+        "scores are no longer identical to the published fp32 pipeline); off = fp32, the card's numbers",
+    )
+    backend: Literal["auto", "torch", "onnx"] = Field(
+        default="auto",
+        description="torch = the loaded module; onnx = exported to ONNX Runtime at start (CPU "
+        "only, scores within 1e-4 of the published pipeline, ~2x the img/s per core: python -m bench); "
+        "auto = onnx on CPU when onnxruntime is installed, else torch",
+    )
+
+
+class BatchSettings(BaseModel):
+    max_size: int = Field(default=16, ge=1, le=1024, description="Largest inference batch")
+    max_wait_ms: float = Field(default=10.0, ge=0, description="Longest a batch waits to fill after its first image")
+    prepare_threads: int = Field(default=4, ge=1, description="Threads that fetch/decode/preprocess")
+    processes: int = Field(
+        default=0,
+        ge=0,
+        description="In-process scans (fakesake scan): engine processes, each with its own model on 1 thread "
+        "doing fetch+decode+predict for one batch at a time; 0 = one per core on CPU with >= 2 cores, else 1; "
+        "1 = one process (prepare threads + one model thread). Ignored by fakesake worker (scale its "
+        "processes/containers instead)",
+    )
+
+
+class FetchSettings(BaseModel):
+    max_bytes: int = Field(default=50 * 1024 * 1024, ge=1, description="Largest image accepted, in bytes")
+    max_pixels: int = Field(default=64_000_000, ge=1, description="Largest decoded image, width*height")
+    connect_timeout_s: float = Field(default=5.0, gt=0, description="TCP/TLS connect deadline")
+    read_timeout_s: float = Field(default=10.0, gt=0, description="Deadline between two reads")
+    total_timeout_s: float = Field(default=30.0, gt=0, description="Deadline for a whole fetch")
+    max_redirects: int = Field(default=5, ge=0, description="Redirects followed (each re-checked)")
+    max_url_length: int = Field(default=4096, ge=16, description="Longest URL accepted")
+    allowed_ports: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: [80, 443], description="Ports URLs may name (comma-separated)"
+    )
+    allow_private: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="CIDRs allowed despite SSRF protection (comma-separated), for tests and on-prem stores",
+    )
+    allow_local_files: bool = Field(default=False, description="Accept file:// sources (development only)")
+    user_agent: str = Field(default="fakesake/0.1", description="User-Agent for URL fetches")
+
+    @field_validator("allow_private", mode="before")
+    @classmethod
+    def _cidrs(cls, value: object) -> object:
+        return parse_cidrs(value)
+
+    @field_validator("allowed_ports", mode="before")
+    @classmethod
+    def _ports(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [int(p) for p in value.split(",") if p.strip()]
+        return value
+
+
+class RetrySettings(BaseModel):
+    max_attempts: int = Field(default=5, ge=1, description="Attempts for transient failures before dead-lettering")
+    backoff_base_s: float = Field(default=1.0, gt=0, description="First retry delay; doubles each attempt")
+    backoff_max_s: float = Field(default=60.0, gt=0, description="Cap on one retry delay")
+    max_deliveries: int = Field(
+        default=3, ge=1, description="Deliveries of one job (worker crashes) before it is dead-lettered"
+    )
+
+
+class LedgerSettings(BaseModel):
+    grace_s: float = Field(
+        default=1200.0,
+        gt=0,
+        description="A ledger job untouched (not pushed, no delivery begun) this long, with no result and not "
+        "waiting in its lane, is re-queued (a message lost by a killed worker; worker/stores/ledger.py). Must exceed "
+        "redis.visibility_timeout_s",
+    )
+    sweep_interval_s: float = Field(
+        default=30.0, ge=0, description="How often the fleet sweeps the ledger (one worker at a time); 0 = off"
+    )
+    batch: int = Field(default=500, ge=1, description="Most ledger entries checked in one sweep")
+
+
+class RateLimitSettings(BaseModel):
+    tenant_per_s: float = Field(default=0.0, ge=0, description="Jobs/s per tenant across all workers; 0 = off")
+    tenant_burst: int = Field(default=50, ge=1, description="Tenant burst size")
+    host_per_s: float = Field(default=0.0, ge=0, description="Fetches/s per source host; 0 = off")
+    host_burst: int = Field(default=20, ge=1, description="Host burst size")
+    max_defer_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Longest rate-limit deferral; a job whose slot is further away asks again after this "
+        "(must stay below redis.visibility_timeout_s: deferred jobs wait unacked in the worker)",
+    )
+
+
+class ResultSettings(BaseModel):
+    ttl_s: int = Field(default=7 * 24 * 3600, ge=60, description="Result record TTL")
+    index_max: int = Field(default=10_000, ge=1, description="Recent results kept in each tenant's index")
+    s3_prefix: str | None = Field(default=None, description="s3://bucket/prefix: also write each result as JSON")
+    webhook_secret: SecretStr | None = Field(default=None, description="HMAC-SHA256 key for webhook signatures")
+    webhook_max_attempts: int = Field(default=5, ge=1, description="Webhook delivery attempts")
+
+
+class LogSettings(BaseModel):
+    level: str = Field(default="INFO", description="Log level")
+    json_format: bool = Field(default=False, description="One JSON object per line")
+
+
+class MetricsSettings(BaseModel):
+    port: int = Field(default=9808, ge=0, le=65535, description="Prometheus port; 0 = disabled")
+    health_port: int = Field(
+        default=9809, ge=0, le=65535, description="HTTP /livez /readyz (and /healthz = /livez) port; 0 = disabled"
+    )
+    bind_host: str = Field(default="0.0.0.0", description="Address the metrics and health servers bind")
+    heartbeat_file: str = Field(
+        default="/tmp/fakesake-heartbeat",
+        description="File the heartbeat thread rewrites (read by `fakesake health --file`)",
+    )
+    heartbeat_interval_s: float = Field(default=5.0, gt=0, description="Heartbeat (file + Redis ping) period")
+    heartbeat_max_age_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Liveness: a heartbeat older than this = dead; readiness: a last Redis answer older "
+        "than this = not ready. Keep above interval + redis.socket_timeout_s",
+    )
+    consumer_stall_s: float = Field(
+        default=120.0,
+        ge=0,
+        description="Liveness and readiness fail once the Celery consumer's event loop has not run for this "
+        "long (a wedged or stopped consumer; also a broker unreachable this long); 0 = no such check",
+    )
+    task_events: bool = Field(
+        default=False,
+        description="Send Celery task events for every job (3 extra Redis publishes per job; 0-18% of end-to-end "
+        "throughput in two runs on 2 CPU cores). Flower turns them on by itself while it runs; "
+        "fakesake's own metrics do not need them",
+    )
+    exit_on_consumer_stall: bool = Field(
+        default=True,
+        description="A worker whose consumer stalled (metrics.consumer_stall_s) ends itself with exit code 70 "
+        "so its supervisor restarts it (Compose restarts exited containers, not unhealthy ones)",
+    )
+
+    @model_validator(mode="after")
+    def _max_age_above_interval(self) -> MetricsSettings:
+        if self.heartbeat_max_age_s <= self.heartbeat_interval_s:
+            raise ValueError("metrics.heartbeat_max_age_s must exceed metrics.heartbeat_interval_s")
+        return self
+
+
+class WorkerSettings(BaseSettings):
+    """Settings of a worker process (and of in-process ``fakesake scan``)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore")
+
+    redis: RedisSettings = Field(default_factory=RedisSettings, description="Redis connection")
+    s3: S3Settings = Field(default_factory=S3Settings, description="S3 connection")
+    queue: QueueSettings = Field(default_factory=QueueSettings, description="Queue limits")
+    model: ModelSettings = Field(default_factory=ModelSettings, description="Detector")
+    batch: BatchSettings = Field(default_factory=BatchSettings, description="Dynamic batching")
+    fetch: FetchSettings = Field(default_factory=FetchSettings, description="Fetching and decoding limits")
+    retry: RetrySettings = Field(default_factory=RetrySettings, description="Retries and dead letters")
+    rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings, description="Global rate limits")
+    ledger: LedgerSettings = Field(default_factory=LedgerSettings, description="Recovery of lost jobs")
+    results: ResultSettings = Field(default_factory=ResultSettings, description="Result store and delivery")
+    log: LogSettings = Field(default_factory=LogSettings, description="Logging")
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings, description="Metrics and health")
+
+    @model_validator(mode="after")
+    def _waits_below_visibility_timeout(self) -> WorkerSettings:
+        # A job deferred (countdown) sits unacked in the worker; past the visibility timeout Redis would hand
+        # it to a second worker while the first still holds it.
+        vt = self.redis.visibility_timeout_s
+        for name, value in (
+            ("rate_limit.max_defer_s", self.rate_limit.max_defer_s),
+            ("retry.backoff_max_s", self.retry.backoff_max_s),
+        ):
+            if value >= vt:
+                raise ValueError(f"{name} ({value}) must be below redis.visibility_timeout_s ({vt})")
+        # A dead worker's unacked jobs come back only after the visibility timeout; the ledger must not
+        # re-queue them before that (a harmless duplicate, but a pointless one).
+        if self.ledger.grace_s <= vt:
+            raise ValueError(f"ledger.grace_s ({self.ledger.grace_s}) must exceed redis.visibility_timeout_s ({vt})")
+        return self
+
+    @model_validator(mode="after")
+    def _thresholds_ordered(self) -> WorkerSettings:
+        lo, hi = self.model.human_max, self.model.ai_min
+        if lo is not None and hi is not None and lo > hi:
+            raise ValueError("model.human_max must be <= model.ai_min")
+        return self

@@ -1,0 +1,67 @@
+"""Webhook delivery from a worker: one SSRF-checked, signed POST per call, and what to do next.
+
+Signing is :mod:`producers.webhook` (pure); the retry decision is :class:`~worker.core.retry.RetryPolicy`'s;
+the Celery task only schedules the countdown this returns. A webhook failure never touches the stored result.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from producers.contract import JobResult
+from producers.errors import ErrorCode, FakesakeError, PermanentError, TransientError
+from producers.redaction import redact_url
+from producers.webhook import Poster, deliver, is_retryable_status
+from worker.core.retry import RetryPolicy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WebhookSender:
+    post: Poster
+    secret: str | None
+    max_attempts: int
+    retry: RetryPolicy
+
+    def attempt(self, result: JobResult, url: str, attempt: int, telemetry: Any) -> float | None:
+        """POST ``result`` to ``url``; None when finished (delivered or given up), else a retry countdown."""
+        if self.secret is None:
+            log.error(
+                "callback %s not sent: results.webhook_secret is not set (unsigned webhooks are refused)",
+                redact_url(url),
+            )
+            telemetry.webhook("failed")
+            return None
+        error: FakesakeError | None
+        try:
+            status = deliver(result, url, self.secret, self.post)
+            error = None if status < 300 else _status_error(status)
+        except FakesakeError as exc:  # SSRF refusals are permanent, network trouble transient
+            error = exc
+        if error is None:
+            telemetry.webhook("ok")
+            return None
+        countdown = self.retry.retry_in(error, attempt, max_attempts=self.max_attempts)
+        if countdown is not None:
+            log.warning(
+                "webhook to %s failed (%s); attempt %d, retrying in %.1fs",
+                redact_url(url),
+                error.message,
+                attempt,
+                countdown,
+            )
+            telemetry.webhook("retry")
+            return countdown
+        log.error("webhook to %s failed for good after %d attempts: %s", redact_url(url), attempt, error.message)
+        telemetry.webhook("failed")
+        return None
+
+
+def _status_error(status: int) -> FakesakeError:
+    message = f"HTTP {status}"
+    if is_retryable_status(status):
+        return TransientError(ErrorCode.FETCH_FAILED, message)
+    return PermanentError(ErrorCode.FETCH_FAILED, message)

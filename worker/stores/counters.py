@@ -1,0 +1,70 @@
+"""Per-job delivery and attempt counters in Redis (the JobCounters protocol).
+
+Deliveries are counted under the job id, not the Celery message: a worker killed mid-job leaves its count
+open, so the next delivery sees how many earlier ones died (REFERENCE.md §2: count deliveries yourself and
+dead-letter after N). A delivery that reaches a decision closes its count.
+
+Reading the open deliveries when a job arrives (before it may wait at the isolation gate) and beginning a
+delivery both touch the job's ledger entry (``Keys.LEDGER_SEEN``, Redis TIME, only if the job is still in the
+ledger), so the ledger sweeper (:mod:`worker.stores.ledger`) knows the job is alive. Each is one script, one round
+trip: the touch rides along instead of costing a Redis call of its own per job.
+"""
+
+from __future__ import annotations
+
+import redis
+
+from producers.contract import LUA_NOW, Keys
+
+_TTL_S = 7 * 24 * 3600
+
+# KEYS: deliveries counter, ledger seen zset. ARGV: ttl_s, job id. Returns the open delivery count.
+_BEGIN_DELIVERY_LUA = (
+    LUA_NOW
+    + """
+local n = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], 'XX', now, ARGV[2])
+return n
+"""
+)
+
+# KEYS: deliveries counter, ledger seen zset. ARGV: job id. Returns the open delivery count (nothing counted).
+_ARRIVE_LUA = (
+    LUA_NOW
+    + """
+redis.call('ZADD', KEYS[2], 'XX', now, ARGV[1])
+return tonumber(redis.call('GET', KEYS[1]) or '0')
+"""
+)
+
+
+class RedisJobCounters:
+    def __init__(self, client: redis.Redis) -> None:
+        self._r = client
+        self._begin = client.register_script(_BEGIN_DELIVERY_LUA)
+        self._arrive = client.register_script(_ARRIVE_LUA)
+
+    def _incr(self, key: str) -> int:
+        pipe = self._r.pipeline()
+        pipe.incr(key)
+        pipe.expire(key, _TTL_S)
+        count, _ = pipe.execute()
+        return int(count)
+
+    def begin_delivery(self, job_id: str) -> int:
+        return int(self._begin(keys=[Keys.deliveries(job_id), Keys.LEDGER_SEEN], args=[_TTL_S, job_id]))
+
+    def end_delivery(self, job_id: str) -> None:
+        self._r.delete(Keys.deliveries(job_id))
+
+    def open_deliveries(self, job_id: str) -> int:
+        """Deliveries begun and not completed; also touches the job's ledger entry (it has arrived here)."""
+        return int(self._arrive(keys=[Keys.deliveries(job_id), Keys.LEDGER_SEEN], args=[job_id]))
+
+    def next_attempt(self, job_id: str) -> int:
+        return self._incr(Keys.attempts(job_id))
+
+    def attempts(self, job_id: str) -> int:
+        value = self._r.get(Keys.attempts(job_id))
+        return int(value) if value else 0
