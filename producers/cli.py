@@ -16,9 +16,11 @@ from typing import IO, Any
 from producers.contract import JobResult, Priority
 from producers.errors import ErrorCode, FakesakeError, PermanentError
 from producers.output import FORMATS, write_records
+from producers.redaction import redact_url
 from producers.settings import ProducerSettings
 
 EXIT_OK, EXIT_USAGE, EXIT_SOME_FAILED = 0, 2, 3
+_KINDS = ("job", "webhook")
 _CHUNK = 10_000  # items validated and enqueued per round: bounded memory for huge manifests/prefixes
 
 
@@ -130,17 +132,30 @@ def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _common(p)
     p.set_defaults(run=run_result)
 
-    p = sub.add_parser("dlq", help="list or re-drive dead-lettered jobs")
+    p = sub.add_parser("dlq", help="list or re-drive dead-lettered jobs and webhooks")
     dlq = p.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
     q = dlq.add_parser("list", help="dead letters not yet re-driven, oldest first")
-    q.add_argument("--limit", type=int, default=100)
-    _common(q)
+    q.add_argument("--limit", type=int, default=100, help="at most this many records (default 100)")
+    _dlq_common(q)
     q.set_defaults(run=run_dlq_list)
-    q = dlq.add_parser("retry", help="re-enqueue dead jobs under new job ids")
+    q = dlq.add_parser("retry", help="re-enqueue dead jobs under new job ids; re-send dead webhooks")
     q.add_argument("job_ids", nargs="*", metavar="JOB_ID")
-    q.add_argument("--all", action="store_true", help="every dead letter not yet re-driven")
-    _common(q)
+    q.add_argument("--all", action="store_true", help="every dead letter not yet re-driven (in scope)")
+    _dlq_common(q)
     q.set_defaults(run=run_dlq_retry)
+
+
+def _dlq_common(p: argparse.ArgumentParser) -> None:
+    # Operator commands: no --tenant means every tenant; FAKESAKE_TENANT, a submitter's default, is not read
+    p.add_argument(
+        "--tenant",
+        help="only this tenant's dead letters (default: every tenant's; a message that was not a valid job "
+        "has no trusted tenant and shows only then)",
+    )
+    p.add_argument("--kind", choices=_KINDS, help="only dead jobs or only dead webhooks (default: both)")
+    p.add_argument("--redis-url", help="Redis URL; env FAKESAKE_REDIS__URL")
+    p.add_argument("--format", choices=FORMATS, default="jsonl", help="output format (default jsonl)")
+    p.add_argument("--output", "-o", help="write records here instead of stdout")
 
 
 def _enqueue_all(
@@ -265,6 +280,24 @@ def run_result(args: argparse.Namespace) -> int:
 
 
 def _dead_record(letter: Any) -> dict[str, Any]:
+    """A dead job or webhook as one record; both kinds have the same keys (csv takes the first's columns)."""
+    if letter.kind == "webhook":
+        result = letter.result
+        return {
+            "source": result.source,
+            "status": "dead",
+            "model": result.model,
+            "error": {"code": letter.error.code, "message": letter.error.message},
+            "job_id": letter.job_id,
+            "kind": "webhook",
+            "tenant": letter.tenant,
+            "priority": None,
+            "callback_url": letter.callback_redacted,
+            "attempts": letter.attempts,
+            "deliveries": None,
+            "dead_at": letter.dead_at.isoformat(),
+            "redriven_from": None,
+        }
     job = letter.job  # None for a message that was not a valid job
     return {
         "source": None if job is None else job.source,
@@ -272,8 +305,10 @@ def _dead_record(letter: Any) -> dict[str, Any]:
         "model": None if job is None else job.model,
         "error": {"code": letter.error.code, "message": letter.error.message},
         "job_id": letter.job_id,
-        "tenant": None if job is None else job.tenant,
+        "kind": "job",
+        "tenant": letter.tenant,
         "priority": None if job is None else job.priority.value,
+        "callback_url": None if job is None or job.callback_url is None else redact_url(job.callback_url),
         "attempts": letter.attempts,
         "deliveries": letter.deliveries,
         "dead_at": letter.dead_at.isoformat(),
@@ -282,46 +317,78 @@ def _dead_record(letter: Any) -> dict[str, Any]:
 
 
 def run_dlq_list(args: argparse.Namespace) -> int:
-    """``fakesake dlq list``: one record per dead letter not yet re-driven."""
+    """``fakesake dlq list [--tenant T] [--kind job|webhook]``: one record per dead letter not yet re-driven."""
     from producers.dlq import DeadLetters
 
+    kinds = [args.kind] if args.kind else list(_KINDS)
+    letters: list[Any] = []
     try:
-        letters = DeadLetters(_producer(args).redis).list(args.limit)
+        dlq = DeadLetters(_producer(args).redis)
+        if "job" in kinds:
+            letters += dlq.list(args.limit, tenant=args.tenant)
+        if "webhook" in kinds:
+            letters += dlq.webhooks(args.limit, tenant=args.tenant)
     except FakesakeError as exc:
         return _fail(exc)
+    letters.sort(key=lambda x: x.dead_at)  # stable: each kind is oldest first already
     with _output(args.output) as out:
-        write_records([_dead_record(x) for x in letters], args.format, out)
+        write_records([_dead_record(x) for x in letters[: max(0, args.limit)]], args.format, out)
     return EXIT_OK
 
 
+def _retry_targets(args: argparse.Namespace, dlq: Any) -> list[tuple[str | None, str]]:
+    """(kind, job id) pairs to retry, in scope, in the order asked; kind None for an id with no record."""
+    kinds = [args.kind] if args.kind else list(_KINDS)
+    if args.all:
+        jobs = [("job", x.job_id) for x in dlq.list(None, tenant=args.tenant)] if "job" in kinds else []
+        hooks = [("webhook", x.job_id) for x in dlq.webhooks(None, tenant=args.tenant)] if "webhook" in kinds else []
+        return [*jobs, *hooks]
+    targets: list[tuple[str | None, str]] = []
+    for job_id in args.job_ids:
+        found = [
+            kind
+            for kind in kinds
+            if (dlq.get(job_id, args.tenant) if kind == "job" else dlq.get_webhook(job_id, args.tenant)) is not None
+        ]
+        targets += [(kind, job_id) for kind in found] or [(None, job_id)]
+    return targets
+
+
+def _retry_one(dlq: Any, producer: Any, kind: str | None, job_id: str, tenant: str | None) -> dict[str, Any]:
+    if kind is None:
+        return error_record("", ErrorCode.NOT_FOUND.value, f"no dead letter for job {job_id}", job_id)
+    source = ""
+    try:
+        if kind == "webhook":
+            hook = dlq.get_webhook(job_id, tenant)
+            source = "" if hook is None else hook.result.source
+            done = {"task_id": dlq.resend_webhook(job_id, producer, tenant)}
+        else:
+            letter = dlq.get(job_id, tenant)
+            source = "" if letter is None or letter.job is None else letter.job.source
+            done = {"redriven_to": dlq.redrive(job_id, producer, tenant)}
+    except FakesakeError as exc:
+        return {**error_record(source, exc.code.value, exc.message, job_id), "kind": kind}
+    return {"source": source, "status": "requeued", "job_id": job_id, "kind": kind, **done}
+
+
 def run_dlq_retry(args: argparse.Namespace) -> int:
-    """``fakesake dlq retry JOB_ID... | --all``: re-enqueue under new ids; prints old id -> new id."""
+    """``fakesake dlq retry JOB_ID... | --all [--tenant T] [--kind job|webhook]``: dead jobs are re-enqueued
+    under new ids (prints old id -> ``redriven_to``), dead webhooks re-sent (prints the new ``task_id``)."""
     from producers.dlq import DeadLetters
 
     if bool(args.job_ids) == bool(args.all):
         print("fakesake dlq retry: give JOB_IDs or --all", file=sys.stderr)
         return EXIT_USAGE
-    failed = False
-    records: list[dict[str, Any]] = []
     try:
         producer = _producer(args)
         dlq = DeadLetters(producer.redis)
-        targets: Sequence[str] = args.job_ids or [x.job_id for x in dlq.list(dlq.count())]
-        for job_id in targets:
-            letter = dlq.get(job_id)
-            source = "" if letter is None or letter.job is None else letter.job.source
-            try:
-                new_id = dlq.redrive(job_id, producer)
-            except FakesakeError as exc:
-                failed = True
-                records.append(error_record(source, exc.code.value, exc.message, job_id))
-                continue
-            records.append({"source": source, "status": "requeued", "job_id": job_id, "redriven_to": new_id})
+        records = [_retry_one(dlq, producer, kind, job_id, args.tenant) for kind, job_id in _retry_targets(args, dlq)]
     except FakesakeError as exc:
         return _fail(exc)
     with _output(args.output) as out:
         write_records(records, args.format, out)
-    return EXIT_SOME_FAILED if failed else EXIT_OK
+    return EXIT_SOME_FAILED if any(r["status"] == "error" for r in records) else EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

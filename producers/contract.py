@@ -6,13 +6,14 @@ imports only pydantic and the standard library, so a backend can enqueue jobs wi
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SCHEMA_VERSION: Final = 1
 TASK_NAME = "fakesake.classify"
@@ -114,12 +115,40 @@ TenantId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0
 _SOURCE_SCHEMES = ("s3", "http", "https", "file")
 
 
-def parse_s3_uri(uri: str) -> tuple[str, str]:
-    """Split ``s3://bucket/key`` into (bucket, key); key may be empty (a whole bucket)."""
-    parts = urlsplit(uri)
-    if parts.scheme != "s3" or not parts.netloc:
+#: The version suffix of an S3 source, as S3 consoles print object URLs: ``?versionId=V`` at the very end.
+_S3_VERSION_SUFFIX = re.compile(r"\?versionId=([^?&=/#\s]{1,1024})\Z")
+
+
+def split_s3_version(uri: str) -> tuple[str, str | None]:
+    """``s3://bucket/key?versionId=V`` -> (``s3://bucket/key``, ``V``); without the suffix -> (uri, None).
+
+    The rule, for S3 keys may contain ``?`` (and ``#``, ``&``, ``=``): only a trailing ``?versionId=V`` is a
+    version (V without ``? & = / #`` or spaces); every other character after ``s3://bucket/`` is part of the
+    key, verbatim, with no percent-decoding. So ``s3://b/what?.jpg`` is the key ``what?.jpg``. The one key
+    that cannot be written this way is a key that itself ends in ``?versionId=<token>``: name its version
+    with the suffix (``...?versionId=<token>?versionId=V``).
+    """
+    match = _S3_VERSION_SUFFIX.search(uri)
+    if match is None:
+        return uri, None
+    return uri[: match.start()], match.group(1)
+
+
+def parse_s3_object(uri: str) -> tuple[str, str, str | None]:
+    """Split ``s3://bucket/key[?versionId=V]`` into (bucket, key, version); see :func:`split_s3_version`."""
+    base, version = split_s3_version(uri)
+    scheme, sep, rest = base.partition("://")
+    bucket, _, key = rest.partition("/")
+    if not sep or scheme.lower() != "s3" or not bucket:
         raise ValueError(f"not an s3:// URI: {uri!r}")
-    return parts.netloc, parts.path.lstrip("/")
+    return bucket, key, version
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """Split ``s3://bucket/key`` into (bucket, key); key may be empty (a whole bucket). A trailing
+    ``?versionId=V`` is not part of the key (:func:`parse_s3_object` returns it)."""
+    bucket, key, _ = parse_s3_object(uri)
+    return bucket, key
 
 
 class JobMessage(BaseModel):
@@ -153,6 +182,25 @@ class JobMessage(BaseModel):
         if scheme not in _SOURCE_SCHEMES:
             raise ValueError(f"source scheme must be one of {_SOURCE_SCHEMES}, got {scheme or 'none'!r}")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _version_from_source(cls, data: Any) -> Any:
+        """``s3://b/k?versionId=V`` also sets ``source_version`` (``source`` stays as given): a worker that only
+        honours ``source_version`` reads V too. A different explicit ``source_version`` is a contradiction."""
+        if not isinstance(data, dict) or not isinstance(source := data.get("source"), str):
+            return data
+        if source[:5].lower() != "s3://":
+            return data
+        _, version = split_s3_version(source)
+        if version is None:
+            return data
+        given = data.get("source_version")
+        if given is None:
+            return {**data, "source_version": version}
+        if given != version:
+            raise ValueError(f"source names version {version!r} but source_version is {given!r}")
+        return data
 
     @field_validator("callback_url")
     @classmethod
@@ -211,6 +259,8 @@ class JobResult(BaseModel):
     attempts: int = 1
     timings: Timings = Field(default_factory=Timings)
     evidence: dict[str, Any] = Field(default_factory=dict)
+    source_version: str | None = Field(default=None, description="S3 version id of the object that was scored")
+    etag: str | None = Field(default=None, description="S3 ETag (unquoted) of the object that was scored")
     finished_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
     @property

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from producers.contract import parse_s3_uri
+from producers.contract import parse_s3_object
 from producers.errors import ErrorCode, PermanentError
 
 # S3 access is shared with the worker's fetcher and ``fakesake scan`` (pure boto3, no torch): one client
@@ -38,10 +38,11 @@ def expand_s3(uri: str, client: Any | None, page_size: int = 1000) -> Iterator[s
     ``photos/``; if nothing is there it stays one source (the worker reports it if it does not exist).
     """
     try:
-        bucket, key = parse_s3_uri(uri)
+        bucket, key, version = parse_s3_object(uri)
     except ValueError as exc:
         raise PermanentError(ErrorCode.INVALID_SOURCE, str(exc)) from exc
-    if key and not key.endswith("/") and PurePosixPath(key).suffix:
+    # a version (``?versionId=V``) names one object, never a folder
+    if version is not None or (key and not key.endswith("/") and PurePosixPath(key).suffix):
         yield uri
         return
     if client is None:

@@ -2,7 +2,7 @@
 
 A record is a flat-ish dict: ``source`` (exactly as the user gave it), ``status``, ``score``, ``label``,
 ``band``, ``model``, ``error`` (``{code, message}`` or None) and any extras (``job_id``, ``attempts``,
-``timings``). Formats:
+``timings``, ``source_version`` and ``etag`` of the S3 object scored). Formats:
 
 - ``jsonl``: one JSON object per line, streamed (flushed per record so a pipe sees progress);
 - ``csv``: nested dicts flattened with dots (``error.code``, ``error.message``, ``timings.total_ms``);

@@ -4,6 +4,13 @@ timeouts, explicit credentials), one mapping of botocore failures to fakesake er
 Pure boto3, no torch: ``fakesake submit s3://bucket/prefix/`` lists with it in a producer-only install.
 Clients: boto3 clients are thread-safe, sessions are not, and neither survives ``fork`` safely: create clients
 in the process that uses them.
+
+Retries: exactly one layer retries a failed S3 request, so attempts never multiply. A worker's source
+fetches make one attempt (``max_attempts=1``): the job's ``RetryPolicy`` is their retry layer, with backoff
+across deliveries, so a failing object costs at most ``retry.max_attempts`` GETs. Everything without a
+retry layer of its own (``fakesake scan`` fetches, prefix listings of ``submit`` and ``scan``, model
+weights, the result sink) keeps boto3's standard mode with ``s3.max_attempts``: a scan is one pass with
+no job to retry, and a listing that failed one page would otherwise fail the whole submit.
 """
 
 from __future__ import annotations
@@ -29,15 +36,21 @@ def make_s3_client(
     connect_timeout_s: float = 5.0,
     read_timeout_s: float = 10.0,
     max_pool_connections: int = 10,
+    max_attempts: int | None = None,
 ) -> S3Client:
-    """A boto3 S3 client for ``s3`` (standard retry mode, bounded timeouts). Call it after fork."""
+    """A boto3 S3 client for ``s3`` (standard retry mode, bounded timeouts). Call it after fork.
+
+    ``max_attempts`` overrides ``s3.max_attempts``; 1 for callers that retry themselves (see the module doc).
+    The mode stays ``standard`` either way, so clients differ only in how many attempts they make."""
     import boto3
     from botocore.config import Config
 
     if (s3.access_key_id is None) != (s3.secret_access_key is None):
         raise ConfigError("set both FAKESAKE_S3__ACCESS_KEY_ID and FAKESAKE_S3__SECRET_ACCESS_KEY, or neither")
+    if max_attempts is not None and max_attempts < 1:
+        raise ConfigError(f"max_attempts must be >= 1, got {max_attempts}")
     config = Config(
-        retries={"mode": "standard", "total_max_attempts": s3.max_attempts},
+        retries={"mode": "standard", "total_max_attempts": s3.max_attempts if max_attempts is None else max_attempts},
         connect_timeout=connect_timeout_s,
         read_timeout=read_timeout_s,
         max_pool_connections=max_pool_connections,

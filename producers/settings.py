@@ -39,7 +39,12 @@ class S3Settings(BaseModel):
     region: str | None = Field(default=None, description="AWS region")
     access_key_id: SecretStr | None = Field(default=None, description="Access key; None = default chain")
     secret_access_key: SecretStr | None = Field(default=None, description="Secret key; None = default chain")
-    max_attempts: int = Field(default=4, ge=1, description="boto3 standard retry mode total attempts")
+    max_attempts: int = Field(
+        default=4,
+        ge=1,
+        description="boto3 standard retry mode total attempts for scan fetches, listings, weights and the result "
+        "sink; worker source fetches make one attempt (FAKESAKE_RETRY__MAX_ATTEMPTS retries them)",
+    )
     allowed_buckets: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated bucket allow-list; empty = any bucket"
     )

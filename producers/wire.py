@@ -33,7 +33,7 @@ import secrets
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from producers.contract import TASK_NAME, JobMessage, Priority, queue_name
+from producers.contract import TASK_NAME, WEBHOOK_TASK_NAME, JobMessage, JobResult, Priority, queue_name
 from producers.redaction import redact_url
 
 # Celery's limit (celery.app.amqp.AMQP.argsrepr_maxsize); ours is far shorter: argsrepr is for logs only.
@@ -81,12 +81,13 @@ def _argsrepr(source: str) -> str:
     return repr([redact_url(source, limit=ARGSREPR_SOURCE_MAX)])  # monitors show it: no presigned query
 
 
-def _envelope(job_id: str, source: str, lane: str, job_text: str) -> dict[str, Any]:
-    """The kombu Redis envelope around the job's JSON text (see :func:`build_message`)."""
+def _envelope(job_id: str, source: str, lane: str, job_text: str, task: str = TASK_NAME) -> dict[str, Any]:
+    """The kombu Redis envelope around the job's JSON text (see :func:`build_message`); ``job_text`` is the
+    task's positional arguments, comma-separated."""
     return {
         "body": f"[[{job_text}],{{}},{{}}]",
         "content-type": CONTENT_TYPE,
-        "headers": {"task": TASK_NAME, "id": job_id, "argsrepr": _argsrepr(source)},
+        "headers": {"task": task, "id": job_id, "argsrepr": _argsrepr(source)},
         "properties": {
             "delivery_info": {"exchange": "", "routing_key": lane},
             "delivery_tag": secrets.token_urlsafe(_TAG_BYTES),
@@ -159,6 +160,19 @@ def message_from_ledger(job_id: str, stored: str | bytes) -> tuple[str, str, byt
     lane = queue_key(priority)  # ValueError for an unknown lane
     message = _envelope(job_id, source, lane, _job_text(job_id, values, rest))
     return lane, tenant, _dumps(message).encode(CONTENT_ENCODING)
+
+
+def encode_webhook_message(
+    result: JobResult, url: str, task_id: str, priority: Priority | str = Priority.INTERACTIVE
+) -> tuple[str, bytes]:
+    """Lane and queued message of ``WEBHOOK_TASK_NAME(result, url)``: what the worker's
+    ``deliver_webhook.apply_async`` sends after a job finishes, built like :func:`build_message` (its task id
+    is ``task_id``, not the job id: a job's webhook may be sent more than once). ``argsrepr`` shows the URL
+    redacted: a callback's query often carries the receiver's token."""
+    lane = queue_key(priority)
+    args = f"{_dumps(result.model_dump(mode='json'))},{_dumps(url)}"
+    message = _envelope(task_id, url, lane, args, task=WEBHOOK_TASK_NAME)
+    return lane, _dumps(message).encode(CONTENT_ENCODING)
 
 
 def decode_message(raw: bytes | str) -> tuple[dict[str, Any], JobMessage]:

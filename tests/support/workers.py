@@ -3,6 +3,9 @@
 A :class:`WorkerProcess` runs ``python -m worker.service.cli worker`` (the same entry point as ``fakesake worker``)
 with settings passed by environment, waits until its ``/readyz`` answers 200 (model loaded, Redis reachable),
 and stops exactly the process it started: SIGTERM (Celery warm shutdown), or SIGKILL for crash tests.
+
+By default each test worker gets a free health port and its own heartbeat file; with ``health_port=None`` the
+worker's own settings decide (worker slots), and the port it bound is read from its start log line.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,6 +29,8 @@ from typing import Any
 from tests.support.servers import S3_ENV, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+#: The line a worker logs once it has taken its slot (worker.service.telemetry).
+SLOT_LINE = re.compile(r"worker slot (\d+): metrics port (\w+), health port (\w+), heartbeat file (\S+)")
 
 
 def worker_env(
@@ -70,16 +76,15 @@ class WorkerProcess:
     env: dict[str, str]
     name: str = "w1"
     concurrency: int = 24
-    health_port: int = field(default_factory=free_port)
+    health_port: int | None = field(default_factory=free_port)  # None: the worker's settings decide (slots)
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path = field(default_factory=lambda: Path(tempfile.mkstemp(prefix="fakesake-worker-", suffix=".log")[1]))
 
     def start(self, wait_ready_s: float = 120.0) -> WorkerProcess:
-        env = {
-            **self.env,
-            "FAKESAKE_METRICS__HEALTH_PORT": str(self.health_port),
-            "FAKESAKE_METRICS__HEARTBEAT_FILE": str(self.log_path.with_suffix(".heartbeat")),
-        }
+        env = dict(self.env)
+        if self.health_port is not None:
+            env["FAKESAKE_METRICS__HEALTH_PORT"] = str(self.health_port)
+            env["FAKESAKE_METRICS__HEARTBEAT_FILE"] = str(self.log_path.with_suffix(".heartbeat"))
         cmd = [
             sys.executable,
             "-m",
@@ -100,7 +105,22 @@ class WorkerProcess:
             self.wait_ready(wait_ready_s)
         return self
 
+    def slot(self) -> dict[str, str] | None:
+        """What the worker's start line says it took (slot, metrics_port, health_port, heartbeat_file), or None."""
+        try:
+            match = SLOT_LINE.search(self.log_path.read_text(errors="replace"))
+        except OSError:
+            return None
+        if match is None:
+            return None
+        return dict(zip(("slot", "metrics_port", "health_port", "heartbeat_file"), match.groups(), strict=True))
+
     def ready(self) -> bool:
+        if self.health_port is None:
+            taken = self.slot()
+            if taken is None or not taken["health_port"].isdigit():
+                return False
+            self.health_port = int(taken["health_port"])
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/readyz", timeout=1) as resp:
                 return bool(resp.status == 200 and json.loads(resp.read()).get("ok", True))

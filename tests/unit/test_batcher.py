@@ -52,7 +52,7 @@ def test_wrong_number_of_scores_is_an_error_not_a_misalignment() -> None:
     a, b = loop.submit(1), loop.submit(2)
     with pytest.raises(ValueError, match="2 inputs"):
         a.result(timeout=5)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ValueError):
         b.result(timeout=5)
     loop.stop()
 

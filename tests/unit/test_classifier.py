@@ -9,6 +9,8 @@ import torch
 from torch import nn
 
 from worker.core import registry
+from worker.core.batcher import Batcher
+from worker.core.batching import BatchPolicy
 from worker.inference.loader import LoadedDetector
 from worker.inference.torch_classifier import TorchClassifier
 
@@ -33,6 +35,14 @@ def test_scores_are_softmax_index_one() -> None:
     assert scores == pytest.approx([1 / (1 + math.exp(-v)) for v in (-2.0, 0.0, 3.0)], abs=1e-6)
 
 
+def test_autocast_is_off_by_default_even_on_cuda() -> None:
+    """fp16 autocast changes scores; the default must keep the published fp32 numbers (model.autocast opts in)."""
+    on_cuda = LoadedDetector(SPEC, FixedLogits(), torch.device("cuda"))  # no CUDA call: the module is not moved
+    assert not TorchClassifier(on_cuda).amp
+    assert TorchClassifier(on_cuda, amp=True).amp
+    assert not TorchClassifier(LoadedDetector(SPEC, FixedLogits(), torch.device("cpu")), amp=True).amp
+
+
 def test_accepts_a_stacked_tensor_and_an_empty_batch() -> None:
     classifier = _classifier(FixedLogits())
     assert classifier.predict(torch.zeros(2, 3, 4, 4)) == pytest.approx([0.5, 0.5])
@@ -48,10 +58,12 @@ def test_cpu_defaults_fp32_channels_last_eval() -> None:
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_nan_logits_raise() -> None:
+def test_nan_logits_fail_the_batch_in_the_batching_loop() -> None:
     class Broken(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return torch.full((x.shape[0], 2), math.nan)
 
-    with pytest.raises(ValueError, match="invalid scores"):
-        _classifier(Broken()).predict([torch.zeros(3, 4, 4)])
+    batcher = Batcher(_classifier(Broken()).predict, BatchPolicy(max_size=1, max_wait_s=0)).start()
+    with pytest.raises(ValueError, match="outside"):
+        batcher.submit(torch.zeros(3, 4, 4)).result(timeout=30)
+    batcher.stop()

@@ -16,6 +16,7 @@ from producers.errors import ConfigError, ErrorCode, PermanentError, TransientEr
 from producers.s3 import s3_error
 from worker.fetch.http import parse_retry_after, resolve_checked
 from worker.fetch.policy import FetchPolicy
+from worker.service.builder import fetch_policy
 from worker.fetch.ssrf import check_url
 from worker.service.settings import WorkerSettings
 
@@ -138,11 +139,11 @@ def test_policy_from_settings_and_validation() -> None:
     settings = WorkerSettings.model_validate(
         {"fetch": {"allowed_ports": "80,443,8080", "total_timeout_s": 3, "allow_local_files": True}}
     )
-    policy = FetchPolicy.from_settings(settings)
+    policy = fetch_policy(settings)
     assert policy.allowed_ports == frozenset({80, 443, 8080})
     assert policy.total_timeout_s == 3
     assert policy.allow_local_files
-    assert not FetchPolicy.from_settings(settings, allow_local_files=False).allow_local_files
+    assert not fetch_policy(settings, allow_local_files=False).allow_local_files
     assert policy.bucket_allowed("anything")  # empty allow-list
     with pytest.raises(ValueError):
         FetchPolicy(total_timeout_s=0)

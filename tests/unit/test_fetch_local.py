@@ -1,4 +1,4 @@
-"""LocalFetcher (file:// and plain paths) and the scheme router / build_fetcher."""
+"""LocalFetcher (file:// and plain paths), the scheme router, and the builder's fetcher from settings."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from worker.core.ports import Fetched
 from worker.fetch.http import HttpFetcher
 from worker.fetch.local import LocalFetcher
 from worker.fetch.policy import FetchPolicy
-from worker.fetch.router import SourceRouter, build_fetcher
+from worker.fetch.router import SourceRouter
+from worker.service.builder import fetcher as build_fetcher
 from worker.fetch.s3 import S3Fetcher
 from worker.service.settings import WorkerSettings
 

@@ -12,7 +12,7 @@ from tests.support.checkpoints import seeded_module, seeded_state, write_snapsho
 from tests.support.fetchers import MemoryFetcher
 from tests.support.images import photo
 from worker.core import registry
-from worker.core.pipeline import Engine
+from worker.service import builder
 from worker.inference.loader import LoadedDetector
 from worker.inference.onnx_classifier import OnnxClassifier
 from worker.inference.preprocess import to_tensor
@@ -87,8 +87,7 @@ def test_engine_from_settings_selects_backend(tmp_path: Path, backend: str, prep
             }
         }
     )
-    engine = Engine.from_settings(settings, MemoryFetcher({}))
-    assert isinstance(engine.classifier, kind)
+    assert isinstance(builder.load_model(settings).classifier, kind)
 
 
 def test_backend_setting_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -100,20 +99,12 @@ def test_backend_setting_from_environment(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_auto_falls_back_to_torch_without_onnxruntime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import worker.core.pipeline
-
-    monkeypatch.setattr(worker.core.pipeline, "find_spec", lambda name: None)
+    monkeypatch.setattr(builder, "find_spec", lambda name: None)
     weights = write_snapshot(SPEC, tmp_path, seeded_state(SPEC, 0))
     settings = WorkerSettings.model_validate({"model": {"weights": str(weights), "device": "cpu", "threads": 1}})
-    assert isinstance(Engine.from_settings(settings, MemoryFetcher({})).classifier, TorchClassifier)
+    assert isinstance(builder.load_model(settings).classifier, TorchClassifier)
 
 
-@pytest.mark.parametrize(
-    ("logits", "expected"),
-    [([[0.0, float("nan")]], 1), ([[0.0, 1.0]], 2)],
-    ids=["nan", "too-few"],
-)
-def test_invalid_logits_are_refused(logits: list[list[float]], expected: int) -> None:
-    """Both backends share p_ai: a NaN or a missing score is a ValueError (the engine's ``internal``)."""
-    with pytest.raises(ValueError, match="invalid scores"):
-        p_ai(torch.tensor(logits), 1, expected)
+def test_p_ai_reads_the_ai_column_of_the_softmax() -> None:
+    """Both backends share p_ai; index 1 is "by AI" (a wrong count or a NaN is the batching loop's to refuse)."""
+    assert p_ai(torch.tensor([[0.0, 0.0], [0.0, 50.0], [50.0, 0.0]]), 1) == pytest.approx([0.5, 1.0, 0.0])

@@ -22,7 +22,8 @@ from tests.support.checkpoints import seeded_state, small_stand_in, write_snapsh
 from tests.support.fetchers import FileFetcher
 from tests.support.images import corpus
 from worker.core import registry
-from worker.core.pipeline import Engine
+from tests.support.pipelines import make_pipeline, preparer
+from worker.core.pipeline import Pipeline
 from worker.core.registry import DetectorSpec
 from worker.inference.imaging import DecodePolicy
 from worker.inference.loader import load_detector
@@ -65,10 +66,10 @@ def variant(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     return spec, snapshot
 
 
-def _engine(spec: DetectorSpec, snapshot: Path, batch_size: int) -> Engine:
+def _engine(spec: DetectorSpec, snapshot: Path, batch_size: int) -> Pipeline:
     classifier = TorchClassifier(load_detector(spec, snapshot, device="cpu"))
     policy = DecodePolicy(target_px=spec.preprocessing.size_px)
-    return Engine(spec, classifier, FileFetcher(), policy, batch_size=batch_size)
+    return make_pipeline(spec, classifier, FileFetcher(), policy, batch_size=batch_size)
 
 
 def test_engine_matches_the_card_pipeline(variant: tuple[DetectorSpec, Path], images: list[Path]) -> None:
@@ -113,14 +114,14 @@ def test_batch_invariance(images: list[Path]) -> None:
     """An image's score does not depend on the batch it lands in (sizes 1, 7, 16 and 64)."""
     spec = registry.get("ffs-mj-5m")
     classifier = TorchClassifier(_detector_from_state(spec))
-    engine = Engine(spec, classifier, FileFetcher(), DecodePolicy())
-    tensors = [engine.prepare(str(p)).tensor for p in images]
+    prepare = preparer(spec, FileFetcher())
+    tensors = [prepare.prepare(str(p)).tensor for p in images]
     alone = [classifier.predict([t])[0] for t in tensors]
     order = [i % len(tensors) for i in range(0, 64 * 5, 5)]  # 64 inputs, every image several times, mixed
     in_64 = classifier.predict([tensors[i] for i in order])
     assert max(abs(in_64[k] - alone[i]) for k, i in enumerate(order)) <= TOLERANCE
     for batch_size in (7, 16):
-        batched = Engine(spec, classifier, FileFetcher(), DecodePolicy(), batch_size=batch_size)
+        batched = make_pipeline(spec, classifier, FileFetcher(), batch_size=batch_size)
         scored = [o.score for o in batched.classify([str(images[i]) for i in order])]
         assert max(abs((s or -1.0) - alone[i]) for s, i in zip(scored, order, strict=True)) <= TOLERANCE
 

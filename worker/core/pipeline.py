@@ -57,13 +57,16 @@ class Outcome:
     band: Band | None = None
     error: ErrorInfo | None = None
     timings: Timings = field(default_factory=Timings)
+    source_version: str | None = None  # what was read: the S3 version id and ETag, when the fetch knew them
+    etag: str | None = None
 
     @property
     def ok(self) -> bool:
         return self.status is Status.OK
 
     def to_record(self) -> dict[str, Any]:
-        """A JSON-able dict: one line of ``fakesake scan`` output."""
+        """A JSON-able dict: one line of ``fakesake scan`` output. ``source_version`` and ``etag`` are always
+        present (null unless an S3 object was read), so every line and every CSV has the same columns."""
         return {
             "source": self.source,
             "status": self.status.value,
@@ -73,6 +76,8 @@ class Outcome:
             "model": self.model,
             "error": {"code": self.error.code, "message": self.error.message} if self.error else None,
             "timings": self.timings.model_dump(exclude_none=True),
+            "source_version": self.source_version,
+            "etag": self.etag,
         }
 
 
@@ -105,6 +110,7 @@ class _InFlight:
     score: Future[float] | None = None
     error: FakesakeError | None = None
     spent: dict[str, float] = field(default_factory=dict)  # stage timings, kept when a later stage fails
+    source_meta: dict[str, Any] = field(default_factory=dict)
 
 
 class Pipeline:
@@ -133,6 +139,7 @@ class Pipeline:
     def _start(self, item: _InFlight) -> _InFlight:
         try:
             prepared = self.preparer.prepare(item.source, None, item.spent)
+            item.source_meta = prepared.source_meta
             submitted = time.perf_counter()
             item.score = self.batcher.submit(prepared.tensor)
             # queue wait + the batch's forward pass, as the worker reports it
@@ -199,7 +206,18 @@ class Pipeline:
             info = ErrorInfo(code=err.code.value, message=err.message, retryable=err.retryable)
             return Outcome(item.source, Status.ERROR, self.spec.ref, error=info, timings=timings)
         v = verdict(score, self.spec, self.thresholds)
-        return Outcome(item.source, Status.OK, v.model, v.score, v.label, v.band, timings=timings)
+        meta = item.source_meta
+        return Outcome(
+            item.source,
+            Status.OK,
+            v.model,
+            v.score,
+            v.label,
+            v.band,
+            timings=timings,
+            source_version=meta.get("version_id"),
+            etag=meta.get("etag"),
+        )
 
 
 class ChunkClassifier(Protocol):

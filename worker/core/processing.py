@@ -229,6 +229,7 @@ class JobProcessor:
             return self._fail(job, err, started, attempts=attempt, deliveries=deliveries)
 
         v = verdict(score, self.spec, self.thresholds)
+        meta = getattr(prepared, "source_meta", None) or {}  # what was read, so a reader can tell which bytes
         total_ms = (self.clock() - started) * 1000
         timings = Timings(
             queued_ms=_queued_ms(job, total_ms),
@@ -249,6 +250,8 @@ class JobProcessor:
             attempts=attempt,
             timings=timings,
             evidence=dict(getattr(prepared, "evidence", None) or {}),
+            source_version=meta.get("version_id"),
+            etag=meta.get("etag"),
         )
         return Finished(self.store.put_final(result))
 

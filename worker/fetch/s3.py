@@ -1,14 +1,19 @@
 """S3 sources: bucket allow-list, size checked by HEAD before download and enforced while reading,
-versioned reads, boto3's standard retry mode. Pure boto3 (no torch), also used by producers and scan.
+versioned reads. Pure boto3 (no torch), also used by producers and scan.
 
 Clients: boto3 clients are thread-safe, sessions are not, and neither survives ``fork`` safely (their
 connection pool would be shared between processes). Create clients in the process that uses them, after
 fork (``worker_process_init``), or let :meth:`S3Fetcher.lazy` create one on first use.
 
+Versions: ``s3://bucket/key?versionId=V`` (the form S3 consoles print) reads version V, as does a job's
+``source_version``; only a trailing ``?versionId=V`` is a version, any other ``?`` belongs to the key
+(:func:`producers.contract.split_s3_version`). ``Fetched.meta`` names the version id and ETag that were read.
+
 Codes: bucket not on the allow-list -> ``forbidden``; NoSuchKey/NoSuchVersion/NoSuchBucket/404 ->
 ``not-found``; AccessDenied/403 -> ``forbidden``; bad version id / other 400 -> ``invalid-source``;
 object larger than ``max_bytes`` -> ``too-large`` (no download); SlowDown/503/5xx/throttling/connection
-errors -> transient ``fetch-failed`` (timeouts -> transient ``timeout``), after boto3's own retries.
+errors -> transient ``fetch-failed`` (timeouts -> transient ``timeout``). How often a failed request is
+retried is the client's business (one attempt in workers, whose jobs retry: ``worker.service.builder``).
 Messages name bucket and key only; credentials are never logged.
 """
 
@@ -20,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from producers.contract import parse_s3_uri
+from producers.contract import parse_s3_object
 from producers.errors import ConfigError, ErrorCode, FakesakeError, PermanentError, TransientError
 from producers.s3 import S3Client, s3_error
 from worker.core.ports import Fetched
@@ -59,12 +64,18 @@ class S3Fetcher:
         return self._client
 
     def fetch(self, source: str, *, version: str | None = None) -> Fetched:
-        """HEAD (size check), then GET the object (``VersionId`` when ``version`` is given)."""
+        """HEAD (size check), then GET the object at ``version``, or at the version the source names
+        (``s3://bucket/key?versionId=V``), or the latest. Both given and different: ``invalid-source``."""
         try:
-            bucket, key = parse_s3_uri(source)
+            bucket, key, named = parse_s3_object(source)
         except ValueError as exc:
             raise PermanentError(ErrorCode.INVALID_SOURCE, str(exc)) from exc
         what = f"s3://{bucket}/{key}"
+        if version and named and version != named:
+            raise PermanentError(
+                ErrorCode.INVALID_SOURCE, f"{what} names version {named!r} but the job asks for {version!r}"
+            )
+        version = version or named
         if not key:
             raise PermanentError(ErrorCode.INVALID_SOURCE, f"no object key in {what}")
         if not self.policy.bucket_allowed(bucket):
@@ -90,7 +101,7 @@ class S3Fetcher:
             data=data,
             source=source,
             content_type=obj.get("ContentType"),
-            meta={"bucket": bucket, "key": key, "version_id": obj.get("VersionId"), "etag": obj.get("ETag")},
+            meta={"bucket": bucket, "key": key, "version_id": obj.get("VersionId"), "etag": _unquoted(obj.get("ETag"))},
         )
 
     def _read_capped(self, body: Any, what: str, started: float) -> bytes:
@@ -104,3 +115,8 @@ class S3Fetcher:
             return read_capped(body.read, self.policy.max_bytes, what, chunk_bytes=_CHUNK, on_chunk=in_time)
         finally:
             body.close()
+
+
+def _unquoted(etag: str | None) -> str | None:
+    """S3 sends the ETag as a quoted HTTP entity tag; records keep the bare value, as S3 Inventory lists it."""
+    return etag.strip('"') if etag else None

@@ -8,8 +8,11 @@ Weight sources (``weights`` argument; see :func:`resolve_weights`):
 
 * a ``.pt`` file; a directory holding a snapshot of the HF repo (``spec.weights_file`` inside it);
 * ``hf-hub:REPO[@REVISION]``, or None for the spec's own hub repo: ``huggingface_hub.hf_hub_download``
-  through its cache. With ``HF_HUB_OFFLINE=1`` only the cache is used (read at call time, not only at
-  import time as huggingface_hub does);
+  through its cache. With ``HF_HUB_OFFLINE=1`` only the cache is used, without a request (read at call
+  time, not only at import time as huggingface_hub does; so is ``HF_ENDPOINT``). Online, one metadata
+  request (timeout ``HF_HUB_ETAG_TIMEOUT``, no retries) comes first: a hub that cannot be reached or
+  refuses leaves the cache as the only source, so start-up fails at once rather than after the hub
+  client's backoff loop;
 * ``s3://bucket/key`` (or ``s3://bucket/prefix/`` + ``spec.weights_file``), downloaded once per ETag
   into a local cache directory.
 
@@ -177,24 +180,81 @@ def _offline() -> bool:
     return flag in {"1", "ON", "YES", "TRUE"} or constants.is_offline_mode()
 
 
+def _hub_endpoint() -> str | None:
+    # Read at call time for the same reason as HF_HUB_OFFLINE; None = the library's default (huggingface.co).
+    return os.environ.get("HF_ENDPOINT", "").strip().rstrip("/") or None
+
+
+def _probe_timeout_s() -> float:
+    from huggingface_hub import constants
+
+    try:
+        return float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or constants.HF_HUB_ETAG_TIMEOUT)
+    except ValueError:
+        return float(constants.DEFAULT_ETAG_TIMEOUT)
+
+
+def _hub_error(spec: DetectorSpec, repo: str, revision: str | None, why: str, exc: BaseException) -> ConfigError:
+    where = f"{repo}@{revision}" if revision else repo
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    fetch = f"hf download {repo} {spec.weights_file}" + (f" --revision {revision}" if revision else "")
+    return ConfigError(
+        f"model {spec.name}: cannot get {spec.weights_file} from Hugging Face repo {where}: {why} "
+        f"({type(exc).__name__}: {detail}); {WEIGHTS_HINT}, or fetch it into the Hugging Face cache once where "
+        f"the hub is reachable: `{fetch}` (older huggingface_hub: `huggingface-cli download`)"
+    )
+
+
 def _from_hub(spec: DetectorSpec, repo: str, revision: str | None, cache_dir: Path | None) -> Path:
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
     from huggingface_hub.utils import logging as hub_logging
 
-    # The hub client logs each retry of an unreachable hub as a warning; the ConfigError below says it once.
+    # The hub client logs each failed request as a warning; the ConfigError below says it once.
     hub_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
-    offline = _offline()
-    try:
+    endpoint = _hub_endpoint()
+
+    def download(cache_only: bool) -> Path:
         return Path(
-            hf_hub_download(repo, spec.weights_file, revision=revision, cache_dir=cache_dir, local_files_only=offline)
+            hf_hub_download(
+                repo,
+                spec.weights_file,
+                revision=revision,
+                cache_dir=cache_dir,
+                local_files_only=cache_only,
+                endpoint=endpoint,
+            )
         )
-    except Exception as exc:  # every hub failure means the same thing to the user
-        where = f"{repo}@{revision}" if revision else repo
-        mode = "offline (HF_HUB_OFFLINE) and not in the Hugging Face cache" if offline else "download failed"
-        raise ConfigError(
-            f"model {spec.name}: cannot get {spec.weights_file} from Hugging Face repo {where}: {mode} "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); {WEIGHTS_HINT}"
-        ) from None
+
+    if _offline():
+        try:
+            return download(cache_only=True)
+        except Exception as exc:  # every hub failure means the same thing to the user
+            raise _hub_error(
+                spec, repo, revision, "offline (HF_HUB_OFFLINE) and not in the Hugging Face cache", exc
+            ) from None
+    # One metadata request without retries first. Asked for a file it has not cached, hf_hub_download meets an
+    # unreachable hub (refused, no DNS, reset) or a 5xx with a backoff loop of six more requests (~25 s, even
+    # when each is refused at once) before it gives up; a start-up that cannot reach the hub should say so at
+    # once and use the cache if it can. A hub that answers is then asked again by hf_hub_download itself.
+    try:
+        get_hf_file_metadata(
+            hf_hub_url(repo, spec.weights_file, revision=revision, endpoint=endpoint), timeout=_probe_timeout_s()
+        )
+    except Exception as probe_exc:  # unreachable, refused, 4xx/5xx: only the cache can help now
+        try:
+            path = download(cache_only=True)
+        except Exception:
+            raise _hub_error(
+                spec, repo, revision, "Hugging Face hub check failed and the file is not in its cache", probe_exc
+            ) from None
+        log.warning(
+            "Hugging Face hub check for %s failed (%s); using the cached %s", repo, type(probe_exc).__name__, path
+        )
+        return path
+    try:
+        return download(cache_only=False)
+    except Exception as exc:
+        raise _hub_error(spec, repo, revision, "download failed", exc) from None
 
 
 def default_cache_dir() -> Path:

@@ -90,20 +90,32 @@ def thresholds(settings: WorkerSettings, spec: DetectorSpec) -> Thresholds:
 # --- fetching ---------------------------------------------------------------------------------------------
 
 
-def s3_client(settings: WorkerSettings) -> Any:
-    """An S3 client with the fetch deadlines (sources and result sink alike). Call it after any fork."""
+def s3_client(settings: WorkerSettings, *, job_retries: bool = True) -> Any:
+    """An S3 client with the fetch deadlines. Call it after any fork.
+
+    ``job_retries``: the caller's jobs retry failed fetches (a worker), so the client makes one attempt and the
+    job's :class:`~worker.core.retry.RetryPolicy` is the only retry layer: a failing object costs at most
+    ``retry.max_attempts`` GETs, not that times ``s3.max_attempts``. Without (``fakesake scan``, the result
+    sink), no other layer retries and boto3's standard mode makes up to ``s3.max_attempts``.
+    """
     return make_s3_client(
-        settings.s3, connect_timeout_s=settings.fetch.connect_timeout_s, read_timeout_s=settings.fetch.read_timeout_s
+        settings.s3,
+        connect_timeout_s=settings.fetch.connect_timeout_s,
+        read_timeout_s=settings.fetch.read_timeout_s,
+        max_attempts=1 if job_retries else None,
     )
 
 
-def fetcher(settings: WorkerSettings, *, allow_local_files: bool | None = None, client: Any = None) -> SourceRouter:
+def fetcher(
+    settings: WorkerSettings, *, allow_local_files: bool | None = None, client: Any = None, job_retries: bool = True
+) -> SourceRouter:
     """http(s) with SSRF protection, s3, and local files (refused unless allowed). Without ``client`` the S3
-    client is created on first use, i.e. in the process that fetches (picklable for engine processes)."""
+    client is created on first use, i.e. in the process that fetches (picklable for engine processes), with
+    one attempt per fetch when ``job_retries`` (see :func:`s3_client`)."""
     return default_router(
         fetch_policy(settings, allow_local_files=allow_local_files),
         s3_client=client,
-        s3_client_factory=partial(s3_client, settings),
+        s3_client_factory=partial(s3_client, settings, job_retries=job_retries),
     )
 
 
@@ -200,7 +212,7 @@ def child_pipeline(settings: WorkerSettings, log_level: int = logging.WARNING) -
     model = settings.model.model_copy(update={"threads": settings.model.threads or 1})
     batch = settings.batch.model_copy(update={"prepare_threads": 1, "processes": 1})
     child = settings.model_copy(update={"model": model, "batch": batch})
-    return pipeline(child, fetcher(child, allow_local_files=True))
+    return pipeline(child, fetcher(child, allow_local_files=True, job_retries=False))
 
 
 def engine_pool(settings: WorkerSettings, device_type: str, model_ref: str) -> EnginePool | None:
@@ -218,7 +230,7 @@ def engine_pool(settings: WorkerSettings, device_type: str, model_ref: str) -> E
 def scanner(settings: WorkerSettings, client: Any = None) -> Scanner:
     """What ``fakesake scan`` classifies with: local files allowed, engine processes per ``batch.processes``."""
     loaded = load_model(settings)
-    here = pipeline(settings, fetcher(settings, allow_local_files=True, client=client), loaded)
+    here = pipeline(settings, fetcher(settings, allow_local_files=True, client=client, job_retries=False), loaded)
     device_type = loaded.device.split(":")[0]
     return Scanner(here, engine_pool(settings, device_type, loaded.spec.ref), settings.batch.max_size)
 
@@ -227,11 +239,17 @@ def scanner(settings: WorkerSettings, client: Any = None) -> Scanner:
 
 
 def worker_runtime(settings: WorkerSettings) -> WorkerRuntime:
-    """Everything one worker process runs, started (model loaded, stores connected, telemetry serving)."""
+    """Everything one worker process runs, started (model loaded, stores connected, telemetry serving).
+
+    Raises before anything is left running when the worker cannot serve: Redis unreachable (TransientError
+    ``unavailable``), no free worker slot or an unloadable model (ConfigError); each message names the setting.
+    """
     from producers.connections import redis_from_settings
     from producers.dlq import DeadLetters
     from worker.core.processing import JobProcessor
-    from worker.service.runtime import BoundedPreparer, DeferredToucher, WorkerRuntime
+    from worker.service.health import HealthPolicy
+    from worker.service.runtime import BoundedPreparer, DeferredToucher, WorkerRuntime, ping_redis
+    from worker.service.slots import SlotPlan
     from worker.service.telemetry import Telemetry
     from worker.stores.counters import RedisJobCounters
     from worker.stores.ledger import LedgerSweeper, SweepThread, Toucher
@@ -239,17 +257,30 @@ def worker_runtime(settings: WorkerSettings) -> WorkerRuntime:
     from worker.stores.results import RedisResultStore, S3ResultSink, SinkingResultStore
 
     client = redis_from_settings(settings.redis)
-    telemetry = Telemetry.start(settings.metrics, client)
+    ping_redis(client, settings.redis.url)
+    m = settings.metrics
+    telemetry = Telemetry.start(
+        SlotPlan(m.port, m.health_port, m.heartbeat_file, m.slots),
+        m.bind_host,
+        HealthPolicy(m.heartbeat_interval_s, m.heartbeat_max_age_s, m.consumer_stall_s, m.exit_on_consumer_stall),
+        client,
+    )
     t0 = time.monotonic()
-    s3 = s3_client(settings)
-    loaded = load_model(settings)
+    try:
+        s3 = s3_client(settings)
+        loaded = load_model(settings)
+    except BaseException:
+        telemetry.stop()  # the slot's ports and heartbeat file are free for the next worker at once
+        raise
     telemetry.model_loaded(loaded.spec.ref, time.monotonic() - t0)
     batches = batch_policy(settings)
     batcher = Batcher(loaded.classifier.predict, batches, observer=telemetry.observe_batch).start()
     dead_letters = DeadLetters(client)
     store: Any = RedisResultStore(client, ttl_s=settings.results.ttl_s, index_max=settings.results.index_max)
     if settings.results.s3_prefix:
-        store = SinkingResultStore(store, S3ResultSink(s3, settings.results.s3_prefix))
+        # the sink is best effort with no retry layer of its own: boto3's retries are its only ones
+        sink = S3ResultSink(s3_client(settings, job_retries=False), settings.results.s3_prefix)
+        store = SinkingResultStore(store, sink)
     processor = JobProcessor(
         spec=loaded.spec,
         preparer=BoundedPreparer(Preparer(fetcher(settings, client=s3), loaded.decode), settings.batch.prepare_threads),
@@ -287,8 +318,11 @@ def worker_runtime(settings: WorkerSettings) -> WorkerRuntime:
     )
 
 
-def webhook_sender(settings: WorkerSettings) -> Any:
-    """The webhook delivery of this worker (SSRF-checked poster, signing secret, attempts, backoff)."""
+def webhook_sender(settings: WorkerSettings, dead_letters: Any = None) -> Any:
+    """The webhook delivery of this worker (SSRF-checked poster, signing secret, attempts, backoff, and the
+    dead letters that keep webhooks failed for good: ``dead_letters``, else ones on a client of its own)."""
+    from producers.connections import redis_from_settings
+    from producers.dlq import DeadLetters
     from worker.fetch.http import make_poster
     from worker.service.webhook_delivery import WebhookSender
 
@@ -298,4 +332,5 @@ def webhook_sender(settings: WorkerSettings) -> Any:
         secret=secret.get_secret_value() if secret is not None else None,
         max_attempts=settings.results.webhook_max_attempts,
         retry=retry_policy(settings),
+        dead_letters=dead_letters if dead_letters is not None else DeadLetters(redis_from_settings(settings.redis)),
     )

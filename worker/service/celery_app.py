@@ -6,15 +6,21 @@ countdown (the new message is published before this one is acked). If the result
 message is rejected back to the queue, never acked without its result.
 
 Why an in-process batcher and not celery-batches: see README "Why this batching design".
+
+A worker builds its runtime (Redis reachable, worker slot taken, model loaded) BEFORE Celery starts consuming
+(:func:`run_worker`); a start that fails ends the process with one line and exit code 2, so a worker that
+cannot serve never takes (and fails) a job. Only a prefork pool builds lazily, in each child (its parent must
+not touch CUDA); a child whose build fails ends itself, and its job returns to the queue.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import threading
-from typing import Any
+from typing import Any, NoReturn
 
 from celery import Celery, Task, bootsteps, signals
 from celery.exceptions import Reject
@@ -26,6 +32,7 @@ from producers.contract import ALL_QUEUES, TASK_NAME, WEBHOOK_TASK_NAME, JobMess
 from producers.errors import ErrorCode, FakesakeError
 from worker.core.processing import Finished
 from worker.service.logs import job_context
+from worker.service.runtime import EXIT_START_FAILED, ping_redis, start_failure
 from worker.service.settings import WorkerSettings
 from worker.stores.broker import TRANSPORT_PATH
 
@@ -72,22 +79,64 @@ _runtime_lock = threading.Lock()
 _runtime: Any = None
 
 
-def runtime() -> Any:
-    """The process's WorkerRuntime, built on first use (model load included)."""
+def build_runtime() -> Any:
+    """Build this process's WorkerRuntime now (model load included); raises when the worker cannot serve."""
     global _runtime
-    if _runtime is None:
-        with _runtime_lock:
-            if _runtime is None:
-                from worker.service.builder import worker_runtime
+    with _runtime_lock:
+        if _runtime is None:
+            from worker.service.builder import worker_runtime
 
-                _runtime = worker_runtime(WorkerSettings())
+            _runtime = worker_runtime(WorkerSettings())
     return _runtime
+
+
+def runtime() -> Any:
+    """The process's WorkerRuntime. Built before consuming (:func:`run_worker`), except in prefork children,
+    which build it on first use; a build that fails there ends the process rather than fail the job."""
+    if _runtime is not None:
+        return _runtime
+    try:
+        return build_runtime()
+    except Exception as exc:
+        _exit_start_failed(exc)
+
+
+def _exit_start_failed(exc: BaseException) -> NoReturn:
+    # os._exit, not SystemExit: raised inside a task, SystemExit would end that task as failed (and acked).
+    # A process that dies holding the message leaves it unacked: Celery requeues it (task_reject_on_worker_lost).
+    report_start_failure(exc)
+    for handler in logging.getLogger().handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()
+    os._exit(EXIT_START_FAILED)
+
+
+def report_start_failure(exc: BaseException) -> None:
+    """Print the one line saying why the worker did not start (traceback logged only for surprises)."""
+    line = start_failure(exc)
+    if line.startswith("internal:"):
+        log.error("worker start failed", exc_info=exc)
+    print(f"fakesake: {line}", file=sys.stderr, flush=True)
+
+
+def forks_children(argv: list[str]) -> bool:
+    """Whether ``celery worker`` argv selects a pool that runs jobs in forked children (prefork)."""
+    pool = "prefork"  # Celery's default
+    for i, arg in enumerate(argv):
+        if arg in ("--pool", "-P") and i + 1 < len(argv):
+            pool = argv[i + 1]
+        elif arg.startswith("--pool="):
+            pool = arg.split("=", 1)[1]
+        elif arg.startswith("-P") and len(arg) > 2:
+            pool = arg[2:].lstrip("=")
+    return pool.lower() in ("prefork", "processes")
 
 
 @signals.worker_init.connect
 def _load_at_start(sender: Any = None, **_: Any) -> None:
-    # threads/solo pools run jobs in this process: load the model before consuming, so readiness means
-    # loaded and a bad model fails the start. A prefork parent must not touch CUDA: children load lazily.
+    # `fakesake worker` has built the runtime already; this covers `celery -A worker.service.celery_app worker`.
+    # threads/solo pools run jobs in this process: build before consuming, and end the process if that fails
+    # (Celery would log a raised error and consume anyway). A prefork parent must not touch CUDA.
     pool = getattr(sender, "pool_cls", "")
     if "prefork" not in str(pool).lower():
         runtime()
@@ -230,16 +279,39 @@ def worker_argv(settings: WorkerSettings, extra: list[str]) -> list[str]:
 
 
 def run_worker(extra: list[str]) -> int:
-    """``fakesake worker [celery worker options]``."""
-    settings = WorkerSettings()
+    """``fakesake worker [celery worker options]``: start the runtime, then consume; 2 if it cannot start."""
+    try:
+        settings = WorkerSettings()
+    except ValidationError as exc:
+        report_start_failure(exc)
+        return EXIT_START_FAILED
     from worker.service.logs import setup_logging
 
     setup_logging(settings.log.level, settings.log.json_format)
     if extra and extra[0] == "--":
         extra = extra[1:]
+    argv = worker_argv(settings, extra)
+    try:
+        if forks_children(argv):
+            _check_redis(settings)  # children build the rest; at least a dead Redis fails the start here
+        else:
+            build_runtime()
+    except Exception as exc:
+        report_start_failure(exc)
+        return EXIT_START_FAILED
     os.environ.setdefault("FORKED_BY_MULTIPROCESSING", "1")
-    app.worker_main(worker_argv(settings, extra))
+    app.worker_main(argv)
     return 0
+
+
+def _check_redis(settings: WorkerSettings) -> None:
+    from producers.connections import redis_from_settings
+
+    client = redis_from_settings(settings.redis)
+    try:
+        ping_redis(client, settings.redis.url)
+    finally:
+        client.close()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -50,10 +50,46 @@ def _run_scan(args: argparse.Namespace) -> int:
     return run_scan(args)
 
 
+WORKER_HELP = """\
+usage: fakesake worker [CELERY WORKER OPTIONS]
+
+Run a worker: a Celery worker that classifies the jobs of the fakesake queues. Before it takes any job it
+connects to Redis, takes a worker slot (metrics and health ports, heartbeat file) and loads the detector;
+if any of that fails it exits 2 with one line naming the cause and the setting to change.
+
+Settings come from FAKESAKE_* environment variables (docs/SETTINGS.md), e.g. FAKESAKE_REDIS__URL,
+FAKESAKE_MODEL__NAME, FAKESAKE_MODEL__WEIGHTS, FAKESAKE_MODEL__DEVICE, FAKESAKE_BATCH__MAX_SIZE.
+
+Several workers on one host (one per GPU) need no extra settings: slot k serves /metrics on
+FAKESAKE_METRICS__PORT + 10*k (default 9808), /livez and /readyz on FAKESAKE_METRICS__HEALTH_PORT + 10*k
+(default 9809) and writes FAKESAKE_METRICS__HEARTBEAT_FILE (slot 0) or <file>-k; the start log names the slot.
+Check one with `fakesake health --slot K`.
+
+Every option is passed to `celery worker` (a leading `--` is dropped). fakesake adds, unless given:
+  --queues fakesake.interactive,fakesake.bulk   both lanes, interactive polled first
+  --pool=threads                                 the model lives in the process that serves the jobs
+  --concurrency=N                                enough job threads to fill two batches (at least 8)
+  --loglevel=LEVEL                               FAKESAKE_LOG__LEVEL
+"""
+
+
 def _add_worker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("worker", help="run a Celery worker (options after `--` go to celery worker)", add_help=False)
+    p = sub.add_parser("worker", help="run a Celery worker (`fakesake worker --help` for its options)", add_help=False)
     p.add_argument("celery_args", nargs=argparse.REMAINDER)
     p.set_defaults(run=_run_worker)
+
+
+def worker_help() -> str:
+    """``fakesake worker --help``: fakesake's part, then the options of ``celery worker`` it passes through."""
+    try:
+        import click
+        from celery.bin.worker import worker as celery_worker
+    except ImportError:  # a producer-only install has no Celery
+        return WORKER_HELP + "\n(install fakesake[worker] to run workers and list the celery worker options)\n"
+    ctx = click.Context(celery_worker, info_name="fakesake worker")
+    formatter = ctx.make_formatter()
+    celery_worker.format_options(ctx, formatter)
+    return f"{WORKER_HELP}\ncelery worker options:\n\n{formatter.getvalue()}"
 
 
 def _run_worker(args: argparse.Namespace) -> int:
@@ -97,7 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["worker"] and not {"-h", "--help"} & set(argv[1:2]):
+    if argv[:1] == ["worker"]:
+        if {"-h", "--help"} & set(argv[1:]):
+            print(worker_help())
+            return EXIT_OK
         # Everything after `worker` belongs to `celery worker`; argparse's REMAINDER cannot pass options
         # such as `--pool threads` through a sub-command, so they skip the parser.
         try:

@@ -36,7 +36,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Literal
 
-from worker.service.settings import MetricsSettings
+from worker.service.slots import SlotPlan
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,9 @@ class HealthState:
     redis_error: str | None = None
     consumer_stall_s: float | None = None  # None: no consumer check (scan, tests, a prefork parent)
     consumer_tick_at: float | None = None  # None until the consumer's event loop first runs
+    slot: int | None = None  # worker slot of this process on its host (worker.service.slots), once taken
+    metrics_port: int | None = None  # the ports that slot bound (0 = off): how to find this worker's endpoints
+    health_port: int | None = None
     started_at: float = field(init=False)
     _lock: threading.Lock = field(init=False, repr=False, default_factory=threading.Lock)
 
@@ -142,6 +145,9 @@ class HealthState:
                 "redis_error": self.redis_error,
                 "consumer_tick_at": self.consumer_tick_at,
                 "consumer_stall_s": self.consumer_stall_s,
+                "slot": self.slot,
+                "metrics_port": self.metrics_port,
+                "health_port": self.health_port,
             }
 
     def evaluate(self, kind: Kind, max_age_s: float) -> tuple[bool, str]:
@@ -270,6 +276,7 @@ class HealthServer:
         self._httpd = ThreadingHTTPServer((host, port), _handler(state, max_age_s))
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="fakesake-health", daemon=True)
+        self._started = False
 
     @property
     def port(self) -> int:
@@ -277,10 +284,13 @@ class HealthServer:
 
     def start(self) -> HealthServer:
         self._thread.start()
+        self._started = True
         return self
 
     def stop(self) -> None:
-        self._httpd.shutdown()
+        """Stop serving (if started) and release the port."""
+        if self._started:  # shutdown() of a server that never served would wait forever
+            self._httpd.shutdown()
         self._httpd.server_close()
 
 
@@ -298,33 +308,46 @@ class HealthService:
             self.server.stop()
 
 
+@dataclass(frozen=True)
+class HealthPolicy:
+    """How the heartbeat runs and how probes judge it (built from the metrics settings by the builder)."""
+
+    heartbeat_interval_s: float = 5.0
+    heartbeat_max_age_s: float = 30.0
+    consumer_stall_s: float = 0.0  # 0: no consumer check
+    exit_on_consumer_stall: bool = False
+
+
 def start_health(
-    settings: MetricsSettings,
+    policy: HealthPolicy,
     ping: Callable[[], object] | None,
+    *,
     state: HealthState | None = None,
+    heartbeat_file: str | Path | None = None,
+    server: HealthServer | None = None,
     on_stall: Callable[[str], None] | None = None,
 ) -> HealthService:
-    """Start the heartbeat and (unless ``health_port`` is 0) the HTTP server; call at worker start.
+    """Start the heartbeat (rewriting ``heartbeat_file``) and ``server`` if any; call at worker start.
 
-    ``on_stall`` (see :class:`Heartbeat`) is used only when ``settings.exit_on_consumer_stall`` is on.
+    ``server`` is a bound :class:`HealthServer` on ``state`` (the caller binds it first: binding decides the
+    worker's slot). ``on_stall`` (see :class:`Heartbeat`) is used only when ``policy.exit_on_consumer_stall``.
 
     Then ``service.state.mark_model_loaded("name@version")`` once the model is loaded.
     """
     state = HealthState() if state is None else state
-    state.consumer_stall_s = settings.consumer_stall_s or None
+    state.consumer_stall_s = policy.consumer_stall_s or None
     state.beat()  # alive from the first probe on; the thread's first beat follows at once
     heartbeat = Heartbeat(
         state,
         ping,
-        settings.heartbeat_file,
-        settings.heartbeat_interval_s,
-        on_stall=on_stall if settings.exit_on_consumer_stall else None,
+        heartbeat_file,
+        policy.heartbeat_interval_s,
+        on_stall=on_stall if policy.exit_on_consumer_stall else None,
     )
     heartbeat.start()
-    server = None
-    if settings.health_port:
-        server = HealthServer(state, settings.health_port, settings.bind_host, settings.heartbeat_max_age_s).start()
-        log.info("health on http://%s:%s%s and %s", settings.bind_host, settings.health_port, LIVE_PATH, READY_PATH)
+    if server is not None:
+        server.start()
+        log.info("health on port %s: %s and %s", server.port, LIVE_PATH, READY_PATH)
     return HealthService(state, heartbeat, server)
 
 
@@ -395,6 +418,13 @@ def add_subcommand(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         dest="max_age_s",
         help="with --file: seconds before a heartbeat is stale (FAKESAKE_METRICS__HEARTBEAT_MAX_AGE_S)",
     )
+    p.add_argument(
+        "--slot",
+        type=int,
+        default=0,
+        help="worker slot to check when several workers share the host (default 0): its health port is "
+        "FAKESAKE_METRICS__HEALTH_PORT + 10*SLOT, its heartbeat file FAKESAKE_METRICS__HEARTBEAT_FILE-SLOT",
+    )
     p.add_argument("--timeout", type=float, default=3.0, dest="timeout_s", help="HTTP timeout in seconds")
     p.set_defaults(kind="live", run=run_health)
 
@@ -413,10 +443,11 @@ def run_health(args: argparse.Namespace) -> int:
     kind: Kind = args.kind
     url, file = args.url, args.file
     if url is None and file is None:
-        if settings.health_port:
-            url = f"http://127.0.0.1:{settings.health_port}{PATHS[kind]}"
+        slot = SlotPlan(settings.port, settings.health_port, settings.heartbeat_file).slot(args.slot)
+        if slot.health_port:
+            url = f"http://127.0.0.1:{slot.health_port}{PATHS[kind]}"
         else:
-            file = settings.heartbeat_file
+            file = slot.heartbeat_file
     max_age_s = args.max_age_s if args.max_age_s is not None else settings.heartbeat_max_age_s
     ok, detail = check(kind, url=url, file=file, max_age_s=max_age_s, timeout_s=args.timeout_s)
     print(f"{'ok' if ok else 'fail'}: {kind}: {detail}")

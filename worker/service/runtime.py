@@ -16,11 +16,15 @@ from pydantic import ValidationError
 
 from producers.contract import JobMessage, JobResult
 from producers.errors import ErrorCode, FakesakeError, TransientError
+from producers.settings import ENV_PREFIX
 from worker.core.batcher import Batcher
 from worker.core.pipeline import Prepared, Preparer
 from worker.core.processing import Decision, JobProcessor
 
 log = logging.getLogger(__name__)
+
+#: A worker that could not start exits with this, before it takes any job (2 = usage or configuration error).
+EXIT_START_FAILED = 2
 
 
 class BoundedPreparer:
@@ -111,7 +115,8 @@ class WorkerRuntime:
 
     def deliver_webhook(self, result: JobResult, url: str, attempt: int) -> float | None:
         """One webhook attempt; returns a retry countdown or None when done (delivered or given up)."""
-        return self.webhooks.attempt(result, url, attempt, self.telemetry)
+        countdown: float | None = self.webhooks.attempt(result, url, attempt, self.telemetry)
+        return countdown
 
     def close(self) -> None:
         if self.ledger is not None:
@@ -126,3 +131,41 @@ def _is_redis_error(exc: BaseException) -> bool:
     import redis
 
     return isinstance(exc, redis.RedisError | ConnectionError | TimeoutError)
+
+
+def ping_redis(client: Any, url: str) -> None:
+    """Fail a start at once when Redis does not answer (TransientError ``unavailable`` naming the setting)."""
+    import redis
+
+    from producers.redaction import redact_url
+
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise TransientError(
+            ErrorCode.UNAVAILABLE, f"cannot reach Redis at {redact_url(url)} ({exc}); check FAKESAKE_REDIS__URL"
+        ) from None
+
+
+def start_failure(exc: BaseException) -> str:
+    """Why a worker could not start, as one line ``code: message`` naming the setting to change."""
+    if isinstance(exc, ValidationError):
+        line = f"{ErrorCode.CONFIG.value}: invalid settings: {settings_problems(exc)}"
+    elif isinstance(exc, FakesakeError):
+        line = f"{exc.code.value}: {exc.message}"
+    else:
+        line = f"{ErrorCode.INTERNAL.value}: worker start failed: {type(exc).__name__}: {exc}"
+    return " ".join(line.split())
+
+
+def settings_problems(exc: ValidationError) -> str:
+    """``FAKESAKE_METRICS__PORT: Input should be a valid integer; ...``: each problem under its variable."""
+    problems = []
+    for err in exc.errors(include_url=False, include_input=False):
+        loc = [str(part).upper() for part in err["loc"]]
+        if len(loc) == 1 and err["type"] == "value_error":  # a group's cross-field rule: the message names fields
+            name = f"{ENV_PREFIX}{loc[0]}__*"
+        else:
+            name = ENV_PREFIX + "__".join(loc)
+        problems.append(f"{name}: {err['msg']}" if loc else str(err["msg"]))
+    return "; ".join(problems)

@@ -145,14 +145,33 @@ class LogSettings(BaseModel):
 
 
 class MetricsSettings(BaseModel):
-    port: int = Field(default=9808, ge=0, le=65535, description="Prometheus port; 0 = disabled")
+    port: int = Field(
+        default=9808,
+        ge=0,
+        le=65535,
+        description="Prometheus port of worker slot 0; slot k serves on port + 10*k (see metrics.slots); 0 = disabled",
+    )
     health_port: int = Field(
-        default=9809, ge=0, le=65535, description="HTTP /livez /readyz (and /healthz = /livez) port; 0 = disabled"
+        default=9809,
+        ge=0,
+        le=65535,
+        description="HTTP /livez /readyz (and /healthz = /livez) port of worker slot 0; slot k serves on "
+        "health_port + 10*k (see metrics.slots); 0 = disabled",
+    )
+    slots: int = Field(
+        default=8,
+        ge=1,
+        le=100,
+        description="Worker slots per host: a starting worker takes the first slot k (0, 1, ...) whose ports "
+        "(port + 10*k, health_port + 10*k) are free and whose heartbeat file is not locked, and logs it; "
+        "so several workers (one per GPU) run on one host with the same settings. With every slot taken the "
+        "worker exits 2 before taking a job; 1 = only the configured ports",
     )
     bind_host: str = Field(default="0.0.0.0", description="Address the metrics and health servers bind")
     heartbeat_file: str = Field(
         default="/tmp/fakesake-heartbeat",
-        description="File the heartbeat thread rewrites (read by `fakesake health --file`)",
+        description="File the heartbeat thread of worker slot 0 rewrites (read by `fakesake health --file`); "
+        "slot k writes <file>-k and locks <file>[-k].lock while it runs",
     )
     heartbeat_interval_s: float = Field(default=5.0, gt=0, description="Heartbeat (file + Redis ping) period")
     heartbeat_max_age_s: float = Field(
@@ -183,6 +202,26 @@ class MetricsSettings(BaseModel):
     def _max_age_above_interval(self) -> MetricsSettings:
         if self.heartbeat_max_age_s <= self.heartbeat_interval_s:
             raise ValueError("metrics.heartbeat_max_age_s must exceed metrics.heartbeat_interval_s")
+        return self
+
+    @model_validator(mode="after")
+    def _slot_ports_distinct(self) -> MetricsSettings:
+        # Slot k adds 10*k to both ports: the two series must stay valid ports and never meet, or one worker's
+        # metrics port would be another's health port.
+        from worker.service.slots import SLOT_STRIDE as stride
+
+        last = stride * (self.slots - 1)
+        for name, port in (("metrics.port", self.port), ("metrics.health_port", self.health_port)):
+            if port and port + last > 65535:
+                raise ValueError(f"{name} + 10 * (metrics.slots - 1) = {port + last} is above 65535; lower slots")
+        if self.port and self.health_port:
+            gap = abs(self.port - self.health_port)
+            if gap % stride == 0 and gap <= last:
+                raise ValueError(
+                    f"metrics.port ({self.port}) and metrics.health_port ({self.health_port}) meet within "
+                    f"metrics.slots = {self.slots} (slot k adds 10*k to both); pick ports that differ by other than "
+                    "a multiple of 10, or fewer slots"
+                )
         return self
 
 

@@ -8,15 +8,18 @@ prometheus-client or the health server.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from producers.contract import JobResult
+from producers.errors import ConfigError
 from worker.core.processing import Decision, Finished, RetryLater
 from worker.service import health, metrics
-from worker.service.settings import MetricsSettings
+from worker.service.health import HealthPolicy
+from worker.service.slots import HeartbeatLock, Slot, SlotBusy, SlotPlan, no_free_slot
 from worker.stores.ledger import SweepReport
 
 log = logging.getLogger(__name__)
@@ -27,21 +30,95 @@ def lane_label(routing_key: str | None) -> str:
 
 
 @dataclass
+class _Held:
+    """What taking a slot bound: released together when a later part of the slot is busy, or at stop."""
+
+    lock: HeartbeatLock
+    health_server: health.HealthServer | None = None
+    metrics_server: Any = None
+
+    def release(self) -> None:
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
+        if self.health_server is not None:
+            self.health_server.stop()
+        self.lock.release()
+
+
+def _bind(what: str, port: int, host: str, bind: Any) -> Any:
+    """Bind one server; a port in use means the slot is taken, any other failure is a configuration error."""
+    try:
+        return bind()
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise SlotBusy(f"{what} port {port} is in use") from None
+        setting = "FAKESAKE_METRICS__PORT" if what == "metrics" else "FAKESAKE_METRICS__HEALTH_PORT"
+        raise ConfigError(
+            f"cannot serve {what} on {host}:{port}: {exc.strerror or exc}; check {setting} and "
+            "FAKESAKE_METRICS__BIND_HOST"
+        ) from None
+
+
+def _take(slot: Slot, state: health.HealthState, host: str, m: metrics.Metrics, max_age_s: float) -> _Held:
+    held = _Held(HeartbeatLock.take(slot.heartbeat_file))
+    try:
+        if slot.health_port:
+            held.health_server = _bind(
+                "health", slot.health_port, host, lambda: health.HealthServer(state, slot.health_port, host, max_age_s)
+            )
+        held.metrics_server = _bind(
+            "metrics", slot.metrics_port, host, lambda: metrics.start_metrics_server(slot.metrics_port, m, host)
+        )
+    except BaseException:
+        held.release()
+        raise
+    return held
+
+
+@dataclass
 class Telemetry:
     metrics: metrics.Metrics
     health: health.HealthService | None
-    metrics_server: Any = None
+    held: _Held | None = None  # the slot's servers and heartbeat lock
 
     @classmethod
-    def start(cls, settings: MetricsSettings, redis_client: Any = None) -> Telemetry:
+    def start(cls, plan: SlotPlan, bind_host: str, policy: HealthPolicy, redis_client: Any = None) -> Telemetry:
+        """Take the first free worker slot of ``plan`` and serve metrics and health there.
+
+        ConfigError (before anything is left running) when every slot is taken or a port cannot be bound.
+        """
         m = metrics.default()
-        server = metrics.start_metrics_server(settings.port, m, settings.bind_host)
+        state = health.HealthState()
+        reasons: list[str] = []
+        for slot in plan.all():
+            try:
+                held = _take(slot, state, bind_host, m, policy.heartbeat_max_age_s)
+            except SlotBusy as busy:
+                reasons.append(f"slot {slot.index}: {busy}" if plan.slots > 1 else str(busy))
+                continue
+            break
+        else:
+            raise ConfigError(no_free_slot(plan, reasons))
+        state.slot, state.metrics_port, state.health_port = slot.index, slot.metrics_port, slot.health_port
+        log.info(
+            "worker slot %d: metrics port %s, health port %s, heartbeat file %s",
+            slot.index,
+            slot.metrics_port or "off",
+            slot.health_port or "off",
+            slot.heartbeat_file or "off",
+        )
         svc = health.start_health(
-            settings, ping=redis_client.ping if redis_client else None, on_stall=health.exit_process
+            policy,
+            ping=redis_client.ping if redis_client else None,
+            state=state,
+            heartbeat_file=slot.heartbeat_file,
+            server=held.health_server,
+            on_stall=health.exit_process,
         )
         if redis_client is not None:
             m.watch_redis(redis_client)
-        return cls(m, svc, server)
+        return cls(m, svc, held)
 
     def model_loaded(self, ref: str, seconds: float) -> None:
         self.metrics.model_load_seconds.labels(model=ref).set(seconds)
@@ -97,6 +174,6 @@ class Telemetry:
 
     def stop(self) -> None:
         if self.health is not None:
-            self.health.stop()
-        if self.metrics_server is not None:
-            self.metrics_server.shutdown()
+            self.health.heartbeat.stop()
+        if self.held is not None:
+            self.held.release()  # both servers and the heartbeat lock: the slot is free again

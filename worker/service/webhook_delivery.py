@@ -2,15 +2,18 @@
 
 Signing is :mod:`producers.webhook` (pure); the retry decision is :class:`~worker.core.retry.RetryPolicy`'s;
 the Celery task only schedules the countdown this returns. A webhook failure never touches the stored result.
+A webhook that fails for good (a permanent error, its attempts spent, or no signing secret to send it with)
+becomes a dead letter of its own kind through a :class:`WebhookDeadLetterSink`, so an operator can see it
+(``fakesake dlq list --kind webhook``) and re-send it (``fakesake dlq retry``).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from producers.contract import JobResult
+from producers.contract import ErrorInfo, JobResult
 from producers.errors import ErrorCode, FakesakeError, PermanentError, TransientError
 from producers.redaction import redact_url
 from producers.webhook import Poster, deliver, is_retryable_status
@@ -19,12 +22,21 @@ from worker.core.retry import RetryPolicy
 log = logging.getLogger(__name__)
 
 
+class WebhookDeadLetterSink(Protocol):
+    """Where webhooks that failed for good are kept (``producers.dlq.DeadLetters`` on Redis)."""
+
+    def add_webhook(self, result: JobResult, url: str, error: ErrorInfo, attempts: int) -> bool:
+        """Record it; True if new, False if this job's webhook already waits there."""
+        ...
+
+
 @dataclass(frozen=True)
 class WebhookSender:
     post: Poster
     secret: str | None
     max_attempts: int
     retry: RetryPolicy
+    dead_letters: WebhookDeadLetterSink
 
     def attempt(self, result: JobResult, url: str, attempt: int, telemetry: Any) -> float | None:
         """POST ``result`` to ``url``; None when finished (delivered or given up), else a retry countdown."""
@@ -33,7 +45,10 @@ class WebhookSender:
                 "callback %s not sent: results.webhook_secret is not set (unsigned webhooks are refused)",
                 redact_url(url),
             )
-            telemetry.webhook("failed")
+            missing = PermanentError(
+                ErrorCode.CONFIG, "results.webhook_secret is not set; unsigned webhooks are refused"
+            )
+            self._give_up(result, url, missing, attempt, telemetry)
             return None
         error: FakesakeError | None
         try:
@@ -56,8 +71,16 @@ class WebhookSender:
             telemetry.webhook("retry")
             return countdown
         log.error("webhook to %s failed for good after %d attempts: %s", redact_url(url), attempt, error.message)
-        telemetry.webhook("failed")
+        self._give_up(result, url, error, attempt, telemetry)
         return None
+
+    def _give_up(self, result: JobResult, url: str, error: FakesakeError, attempt: int, telemetry: Any) -> None:
+        telemetry.webhook("failed")
+        info = ErrorInfo(code=error.code.value, message=error.message, retryable=error.retryable)
+        try:
+            self.dead_letters.add_webhook(result, url, info, attempts=attempt)
+        except Exception:  # Redis away: the failure is logged and counted; the task must still finish
+            log.exception("webhook of job %s to %s could not be dead-lettered", result.job_id, redact_url(url))
 
 
 def _status_error(status: int) -> FakesakeError:
