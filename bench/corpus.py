@@ -1,4 +1,5 @@
-"""Bench inputs: photo-like image files in each measured format, a seeded checkpoint, worker settings.
+"""Bench inputs: photo-like image files in each measured format, a seeded checkpoint, worker settings, and
+the scan path they are measured through.
 
 Images come from ``tests.support.images.photo`` (gradients, blobs, noise). Rendering it at 12 MP takes
 seconds, so large images are rendered at 1/4 size, upscaled (bicubic) and given fresh per-pixel noise at full
@@ -7,6 +8,7 @@ size: the entropy a JPEG/PNG/WebP decoder works through is then photo-like at ev
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,10 @@ import numpy as np
 from PIL import Image
 
 from tests.support.images import encode, photo
+from worker.core.pipeline import Outcome, Pipeline, Prepared, Scanner
+from worker.core.registry import DetectorSpec
+from worker.service import builder
+from worker.service.builder import LoadedModel
 
 SPEC_NAME = "ffs-mj-5m"
 
@@ -91,9 +97,53 @@ def worker_settings(weights: Path, device: str = "cpu", **groups: dict[str, Any]
     return WorkerSettings.model_validate(data)
 
 
-def scan_engine(settings: Any) -> Any:
-    """The in-process ``fakesake scan`` engine for ``settings`` (local files allowed)."""
-    from worker.core.pipeline import Engine
-    from worker.fetch.router import build_fetcher
+@dataclass
+class ScanRig:
+    """The scan path under test and the model it runs: ``classify`` is ``fakesake scan``'s, and the sections
+    also probe the model and the per-image preparation on their own."""
 
-    return Engine.from_settings(settings, build_fetcher(settings, allow_local_files=True))
+    model: LoadedModel
+    scanner: Scanner
+    batch_size: int
+
+    @property
+    def pipeline(self) -> Pipeline:
+        return self.scanner.pipeline
+
+    @property
+    def pool(self) -> Any:
+        """The engine processes (``EnginePool``), or None when everything runs in this process."""
+        return self.scanner.pool
+
+    @property
+    def classifier(self) -> Any:
+        # Any, not the Classifier protocol: the sections reach its backend's own attributes (detector, graph).
+        return self.model.classifier
+
+    @property
+    def spec(self) -> DetectorSpec:
+        return self.model.spec
+
+    def classify(self, sources: Iterable[str]) -> Iterator[Outcome]:
+        return self.scanner.classify(sources)
+
+    def prepare(self, source: str) -> Prepared:
+        """Fetch, decode and preprocess one source on this thread."""
+        return self.pipeline.preparer.prepare(source)
+
+    def close(self) -> None:
+        self.scanner.close()
+
+
+def scan_rig(settings: Any, *, processes: bool = False) -> ScanRig:
+    """``fakesake scan``'s path for ``settings`` (local files allowed): this process alone (a pipeline: prepare
+    threads + one batching thread), or with ``processes`` the engine processes of ``batch.processes`` too.
+
+    Built like :func:`worker.service.builder.scanner`, step by step, because the sections need the
+    :class:`~worker.service.builder.LoadedModel` it loads and that function does not return it.
+    """
+    loaded = builder.load_model(settings)
+    fetcher = builder.fetcher(settings, allow_local_files=True, job_retries=False)
+    here = builder.pipeline(settings, fetcher, loaded)
+    pool = builder.engine_pool(settings, loaded.device.split(":")[0], loaded.spec.ref) if processes else None
+    return ScanRig(loaded, Scanner(here, pool, settings.batch.max_size), settings.batch.max_size)

@@ -1,4 +1,5 @@
-"""Section 1: the in-process scan path (``Engine.classify`` over files) vs the model card's pipeline.
+"""Section 1: the in-process scan path (``fakesake scan``'s ``Scanner.classify`` over files, its engine
+processes included) vs the model card's pipeline.
 
 Also the ideal bound from the engine's own per-image costs on this machine's cores (formula in the note).
 """
@@ -16,9 +17,8 @@ from typing import Any
 import torch
 
 from bench.common import Context, Row, interleaved, median, ratio_of, timed_rate
-from bench.corpus import SPEC_NAME, image_set, weights_file, worker_settings
+from bench.corpus import SPEC_NAME, ScanRig, image_set, scan_rig, weights_file, worker_settings
 from tests.support.card import CardPipeline
-from worker.service.scan import scan_engine
 
 SECTION = "engine"
 COUNTS = {"jpeg-1024": (64, 24), "jpeg-4032x3024": (6, 3), "png-1024": (16, 6), "webp-1024": (16, 6)}
@@ -26,7 +26,7 @@ TARGET_RATIO = 4.0
 TARGET_BOUND = 0.8
 
 
-def engine_rate(engine: Any, sources: list[str]) -> float:
+def engine_rate(engine: ScanRig, sources: list[str]) -> float:
     """Images/s of one ``classify`` pass; every outcome must be ok."""
     outcomes: list[Any] = []
     rate = timed_rate(len(sources), lambda: outcomes.extend(engine.classify(sources)))
@@ -65,10 +65,10 @@ def classifier_on(classifier: Any, threads: int) -> tuple[Any, contextlib.Abstra
     return classifier, torch_threads(threads)
 
 
-def bound(ctx: Context, engine: Any, sources: list[str]) -> dict[str, float]:
+def bound(ctx: Context, engine: ScanRig, sources: list[str]) -> dict[str, float]:
     """Per-image costs measured on this engine and the ideal throughput they allow on this machine.
 
-    d  = fetch+decode+preprocess, one image at a time on one thread (``Engine.prepare``), ms of one core;
+    d  = fetch+decode+preprocess, one image at a time on one thread (``Preparer.prepare``), ms of one core;
     m1 = model forward per image at the engine's batch size on ONE thread, ms of one core;
     mN = model forward per image with one thread per core, wall ms.
     bound = min(cores / (d + m1), 1 / mN): every core busy all the time doing each unit of work at its
@@ -92,7 +92,7 @@ def bound(ctx: Context, engine: Any, sources: list[str]) -> dict[str, float]:
     return {"decode_ms": d, "model_1t_ms": m_1, "model_all_ms": m_n, "cores": cores, "bound": ideal}
 
 
-def warm_up(engine: Any, sources: list[str]) -> None:
+def warm_up(engine: ScanRig, sources: list[str]) -> None:
     """One batch per engine process (starting them all), so oneDNN/ORT kernels and thread pools are warm."""
     processes = engine.pool.processes if engine.pool is not None else 1
     list(engine.classify(itertools.islice(itertools.cycle(sources), engine.batch_size * processes)))
@@ -105,7 +105,7 @@ def run(ctx: Context) -> list[Row]:
     spec = registry.get(SPEC_NAME)
     reference = CardPipeline(weights, spec)
     settings = worker_settings(weights)
-    engine = scan_engine(settings)
+    engine = scan_rig(settings, processes=True)
     default_backend = "onnx" if type(engine.classifier).__name__ == "OnnxClassifier" else "torch"
     processes = engine.pool.processes if engine.pool is not None else 1
     defaults = f"{default_backend}, {settings.model.preprocess}, {processes} process{'es' if processes > 1 else ''}"

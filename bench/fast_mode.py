@@ -22,13 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Context, Row, interleaved, median, ratio_of
-from bench.corpus import image_set, scan_engine
+from bench.corpus import image_set, scan_rig
 from bench.engine_section import engine_rate
 from tests.support.fetchers import MemoryFetcher
 from tests.support.images import encode
-from worker.core.pipeline import Engine
+from worker.core.pipeline import Pipeline, Preparer
 from worker.inference.imaging import DecodePolicy, decode
-from worker.inference.preprocess import to_tensor
 
 
 def _deltas(a: list[float], b: list[float]) -> tuple[float, float]:
@@ -41,8 +40,8 @@ def rows(ctx: Context, weights: Any) -> list[Row]:
     from bench.corpus import worker_settings
 
     out: list[Row] = []
-    exact = scan_engine(worker_settings(weights))
-    fast = scan_engine(worker_settings(weights, model={"preprocess": "fast"}))
+    exact = scan_rig(worker_settings(weights))
+    fast = scan_rig(worker_settings(weights, model={"preprocess": "fast"}))
     for name, count in (("jpeg-1024", ctx.n(48, 16)), ("jpeg-4032x3024", ctx.n(6, 3))):
         sources = image_set(ctx.workdir, name, count).sources
         for engine in (exact, fast):
@@ -68,13 +67,22 @@ def rows(ctx: Context, weights: Any) -> list[Row]:
     fast_scores = [o.score or 0.0 for o in fast.classify(sources)]
     # Yardstick: the same exact pipeline on the images re-encoded as JPEG q95.
     data = {s: encode(decode(Path(s).read_bytes(), DecodePolicy()), "JPEG", quality=95) for s in sources}
-    recoded = Engine(exact.spec, exact.classifier, MemoryFetcher(data), DecodePolicy(), batch_size=exact.batch_size)
+    # Same decode and the same batching thread as ``exact``; only the bytes differ.
+    here = exact.pipeline
+    recoded = Pipeline(
+        here.spec,
+        Preparer(MemoryFetcher(data), here.preparer.decode),
+        here.batcher,
+        window=here.window,
+        prepare_threads=here.prepare_threads,
+    )
     recoded_scores = [o.score or 0.0 for o in recoded.classify(sources)]
     fast_mean, fast_max = _deltas(fast_scores, exact_scores)
     yard_mean, yard_max = _deltas(recoded_scores, exact_scores)
-    pre = exact.spec.preprocessing
     raw = Path(sources[0]).read_bytes()
-    inputs = (to_tensor(decode(raw, fast.decode_policy), pre) - to_tensor(decode(raw, exact.decode_policy), pre)).abs()
+    inputs = (fast.pipeline.preparer.decode(raw) - exact.pipeline.preparer.decode(raw)).abs()
+    exact.close()
+    fast.close()
     out.append(
         Row(
             "knobs",

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from bench.common import Context, Row, interleaved, median, timed_rate
-from bench.corpus import image_set, scan_engine, weights_file, worker_settings
+from bench.corpus import image_set, scan_rig, weights_file, worker_settings
 from bench.engine_section import engine_rate
 
 BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -32,7 +32,7 @@ def run(ctx: Context) -> list[Row]:
     settings = worker_settings(
         weights, device="cuda", model={"backend": "torch"}, batch={"max_size": 64, "prepare_threads": 8}
     )
-    engine = scan_engine(settings)
+    engine = scan_rig(settings)
     classifier = engine.classifier
     sources = image_set(ctx.workdir, "jpeg-1024", ctx.n(256, 64)).sources
     tensor = engine.prepare(sources[0]).tensor
@@ -58,4 +58,5 @@ def run(ctx: Context) -> list[Row]:
             note=f"{time.perf_counter() - start:.0f} s; decode-bound on CPU",
         )
     )
+    engine.close()
     return rows

@@ -19,14 +19,13 @@ import torch
 
 from bench import fast_mode
 from bench.common import Context, Row, interleaved, median, percentile, ratio_of, timed_rate
-from bench.corpus import SPEC_NAME, image_set, scan_engine, weights_file, worker_settings
+from bench.corpus import SPEC_NAME, ScanRig, image_set, scan_rig, weights_file, worker_settings
 from bench.engine_section import engine_rate, warm_up
-from worker.core.batcher import InferenceLoop
+from worker.core.batcher import Batcher
 from worker.core.batching import BatchPolicy
 from worker.inference.loader import LoadedDetector
 from worker.inference.process_pool import usable_cores
 from worker.inference.torch_classifier import TorchClassifier
-from worker.service import scan
 
 log = logging.getLogger(__name__)
 PARITY = 1e-4
@@ -129,9 +128,7 @@ def batch_rows(ctx: Context, classifier: Any, tensors: list[torch.Tensor], backe
     ]
 
 
-def _closed_loop(
-    loop: InferenceLoop, tensor: torch.Tensor, clients: int, duration_s: float
-) -> tuple[float, list[float]]:
+def _closed_loop(loop: Batcher, tensor: torch.Tensor, clients: int, duration_s: float) -> tuple[float, list[float]]:
     """``clients`` threads each submitting one input and waiting for it, for ``duration_s``: (img/s, latencies)."""
     latencies: list[float] = []
     stop = time.perf_counter() + duration_s
@@ -152,10 +149,11 @@ def _closed_loop(
 
 
 def wait_rows(ctx: Context, classifier: Any, tensor: torch.Tensor, max_size: int) -> list[Row]:
-    """InferenceLoop under 8 closed-loop clients (job threads holding a prepared input) per max wait."""
+    """The batching loop (``Batcher``) per max wait, under 8 closed-loop clients (job threads holding a prepared
+    input)."""
     rows = []
     for wait_ms in (0, 5, 10, 20, 50):
-        loop = InferenceLoop(classifier.predict, BatchPolicy(max_size=max_size, max_wait_s=wait_ms / 1000)).start()
+        loop = Batcher(classifier.predict, BatchPolicy(max_size=max_size, max_wait_s=wait_ms / 1000)).start()
         rate, latencies = _closed_loop(loop, tensor, 8, 1.0 if ctx.quick else 2.0)
         loop.stop()
         rows.append(
@@ -177,7 +175,7 @@ def _engine_table(
     variants: dict[str, dict[str, dict[str, Any]]],
     what: str,
     *,
-    build: Callable[[Any], Any] = scan_engine,
+    build: Callable[[Any], ScanRig] = scan_rig,
     count: tuple[int, int] = (48, 16),
 ) -> list[Row]:
     """End-to-end engine img/s on jpeg-1024 files for settings variants (ratios against the first).
@@ -235,7 +233,7 @@ def engine_rows(ctx: Context, weights: Any) -> list[Row]:
         weights,
         {str(n): {"batch": {"processes": n}} for n in sorted({1, cores})},
         "engine processes",
-        build=scan.scan_engine,
+        build=partial(scan_rig, processes=True),
         count=(64, 32 * max(1, cores // 2)),
     )
     return rows
@@ -244,7 +242,7 @@ def engine_rows(ctx: Context, weights: Any) -> list[Row]:
 def run(ctx: Context) -> list[Row]:
     weights = ctx.once("weights", lambda: weights_file(ctx.workdir))
     settings = worker_settings(weights)
-    engine = scan_engine(settings)
+    engine = scan_rig(settings)
     sources = image_set(ctx.workdir, "jpeg-1024", 16).sources
     tensors = [engine.prepare(s).tensor for s in sources]
     batch = tensors[: settings.batch.max_size]
@@ -255,6 +253,7 @@ def run(ctx: Context) -> list[Row]:
     rows = backend_rows(ctx, base, batch)
     rows += batch_rows(ctx, engine.classifier, tensors, settings.model.backend)
     rows += wait_rows(ctx, engine.classifier, tensors[0], settings.batch.max_size)
+    engine.close()
     rows += engine_rows(ctx, weights)
     rows += fast_mode.rows(ctx, weights)
     log.debug("knobs measured with %s", SPEC_NAME)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Context, Row, median, percentile
-from bench.corpus import image_set, scan_engine, weights_file, worker_settings
+from bench.corpus import image_set, scan_rig, weights_file, worker_settings
 from bench.engine_section import engine_rate
 from producers.client import Producer
 from producers.contract import ALL_QUEUES, JobMessage
@@ -130,7 +130,7 @@ def run_queue(ctx: Context) -> list[Row]:
     images = image_set(ctx.workdir, "jpeg-1024", ctx.n(128, 48))
     uris = images.uris
     prod: Producer = real["producer"]
-    engine = scan_engine(real["settings"])
+    engine = scan_rig(real["settings"])
     # A second worker with Celery task events on (what Flower switches on), on its own Redis: it idles in BRPOP
     # while the others run, so the passes can interleave.
     evented: Producer = real_worker(ctx, FAKESAKE_METRICS__TASK_EVENTS="true")["producer"]
@@ -187,7 +187,7 @@ def run_queue(ctx: Context) -> list[Row]:
 
 def one_batch_ms(ctx: Context, settings: Any, sources: list[str]) -> float:
     """Model time of one full batch (``batch.max_size``) with the worker's settings, measured in-process."""
-    engine = scan_engine(settings)
+    engine = scan_rig(settings)
     batch = [engine.prepare(s).tensor for s in (sources * settings.batch.max_size)[: settings.batch.max_size]]
     engine.classifier.predict(batch)
     times = []
@@ -195,6 +195,7 @@ def one_batch_ms(ctx: Context, settings: Any, sources: list[str]) -> float:
         start = time.perf_counter()
         engine.classifier.predict(batch)
         times.append((time.perf_counter() - start) * 1000)
+    engine.close()
     return median(times)
 
 

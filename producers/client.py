@@ -15,19 +15,18 @@ had popped with BRPOP before kombu recorded it (docs/RELIABILITY.md).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
 import redis
 from pydantic import TypeAdapter, ValidationError
 
 from producers import wire
-from producers.connections import redis_from_settings
-from producers.contract import LUA_NOW, JobMessage, JobResult, Keys, Priority, TenantId
+from producers.connections import redis_errors, redis_from_settings, text
+from producers.contract import JOB_ID_PATTERN, LUA_NOW, JobMessage, JobResult, Keys, Priority, TenantId
 from producers.errors import ErrorCode, PermanentError, TransientError
 from producers.settings import ProducerSettings
 
@@ -35,7 +34,7 @@ log = logging.getLogger(__name__)
 
 CHUNK = 500  # jobs per script call: ~1 ms of Redis time, so consumers are never blocked for long
 _FULL_RETRY_S = 0.2
-_JOB_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+_JOB_ID = re.compile(JOB_ID_PATTERN)
 _TENANT = TypeAdapter(TenantId)
 
 # KEYS[1] = lane list, KEYS[2] = ledger hash, KEYS[3] = ledger seen zset, KEYS[4..] = idempotency keys.
@@ -79,19 +78,6 @@ class QueueFullError(TransientError):
     def __init__(self, message: str, accepted: dict[int, str], retry_after_s: float = 1.0) -> None:
         super().__init__(ErrorCode.QUEUE_FULL, message, retry_after_s=retry_after_s)
         self.accepted = accepted
-
-
-@contextlib.contextmanager
-def redis_errors(what: str) -> Iterator[None]:
-    """Turn redis-py connection trouble into ``TransientError(unavailable)`` with a human message."""
-    try:
-        yield
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise TransientError(ErrorCode.UNAVAILABLE, f"{what}: Redis unavailable: {exc}") from exc
-
-
-def text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def check_ids(tenant: str, job_id: str | None = None) -> None:

@@ -5,12 +5,15 @@ One place builds clients for producers, workers and the CLI, so TLS and auth beh
 
 from __future__ import annotations
 
+import contextlib
 import ssl
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import redis
 
+from producers.errors import ErrorCode, TransientError
 from producers.settings import RedisSettings
 
 _CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
@@ -59,3 +62,25 @@ def celery_ssl_options(settings: RedisSettings) -> dict[str, Any] | None:
     if settings.ssl_ca_certs:
         opts["ssl_ca_certs"] = settings.ssl_ca_certs
     return opts
+
+
+def redis_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means Redis could not be reached or answered too late (worth a retry later)."""
+    return isinstance(exc, redis.ConnectionError | redis.TimeoutError | ConnectionError | TimeoutError)
+
+
+@contextlib.contextmanager
+def redis_errors(what: str) -> Iterator[None]:
+    """Turn Redis connection trouble into ``TransientError(unavailable)`` naming ``what`` was being done: the
+    one mapping of Redis failures for producers, stores and the worker runtime."""
+    try:
+        yield
+    except Exception as exc:
+        if redis_unavailable(exc):
+            raise TransientError(ErrorCode.UNAVAILABLE, f"{what}: Redis unavailable: {exc}") from exc
+        raise
+
+
+def text(value: bytes | str) -> str:
+    """A Redis reply as text (clients with or without ``decode_responses``)."""
+    return value.decode() if isinstance(value, bytes) else value

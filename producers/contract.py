@@ -102,13 +102,15 @@ class Keys:
     LEDGER_LOCK = f"{KEY_PREFIX}:ledger:lock"
     DLQ = f"{KEY_PREFIX}:dlq"
     DLQ_INDEX = f"{KEY_PREFIX}:dlq:index"
-    HEARTBEAT = f"{KEY_PREFIX}:heartbeat"
 
 
 #: Lua that sets ``now`` to Redis TIME in epoch seconds: every ``Keys.LEDGER_SEEN`` score comes from the Redis
 #: clock (producers and workers alike), so scores compare across hosts whose clocks disagree.
 LUA_NOW = "local t = redis.call('TIME')\nlocal now = t[1] + t[2] / 1000000\n"
 
+
+JOB_ID_PATTERN: Final = r"^[A-Za-z0-9_-]{8,64}$"
+"""What a job id may be (a caller's own idempotency id included): URL- and Redis-key-safe, 8 to 64 characters."""
 
 TenantId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
 
@@ -159,9 +161,7 @@ class JobMessage(BaseModel):
     schema_version: Literal[1] = SCHEMA_VERSION
     job_id: str = Field(
         default_factory=lambda: uuid.uuid4().hex,
-        min_length=8,
-        max_length=64,
-        pattern=r"^[A-Za-z0-9_-]+$",
+        pattern=JOB_ID_PATTERN,
         description="Unguessable job id (uuid4 hex)",
     )
     tenant: TenantId = Field(description="Caller's tenant; results are namespaced by it")
@@ -236,7 +236,7 @@ class Verdict(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     score: float = Field(ge=0.0, le=1.0, description="P(image is AI-generated)")
-    label: Label
+    label: Label | None = Field(description="The band's verdict: ai or human; None in the uncertain band")
     band: Band
     model: str = Field(description="name@version of the detector")
 

@@ -84,3 +84,9 @@ def as_fakesake_error(exc: BaseException) -> FakesakeError:
     if isinstance(exc, FakesakeError):
         return exc
     return PermanentError(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+
+
+def is_retryable_status(status: int) -> bool:
+    """Whether an HTTP answer is worth another try (timeout, too early, throttled, server error), for fetches
+    and webhook deliveries alike."""
+    return status in (408, 425, 429) or status >= 500

@@ -7,13 +7,27 @@ Imports only pydantic(-settings) and the standard library.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
-from typing import Annotated
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Annotated, get_args
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "FAKESAKE_"
+ENV_NESTED_DELIMITER = "__"
+
+log = logging.getLogger(__name__)
+
+#: Top-level settings read by the worker's class only. Every fakesake process reads the same ``FAKESAKE_``
+#: prefix (one Compose env file serves api, producer and worker) but producers never import the worker: this
+#: is how a producer tells the worker's ``FAKESAKE_MODEL__...`` from a typo. It skips those names and the
+#: worker, which knows both classes, checks them in full. A unit test keeps this equal to WorkerSettings' fields.
+WORKER_GROUPS = frozenset({"model", "batch", "fetch", "retry", "rate_limit", "ledger", "results", "log", "metrics"})
 
 
 class RedisSettings(BaseModel):
@@ -76,10 +90,86 @@ def parse_cidrs(value: object) -> object:
 class ProducerSettings(BaseSettings):
     """Settings of a producer process (backend, CLI ``submit``/``result``)."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore")
+    # extra="ignore": a FAKESAKE_ variable no field reads is not an error (see warn_unknown_settings).
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_NESTED_DELIMITER, extra="ignore")
 
     redis: RedisSettings = Field(default_factory=RedisSettings, description="Redis connection")
     s3: S3Settings = Field(default_factory=S3Settings, description="S3 connection (prefix enumeration)")
     queue: QueueSettings = Field(default_factory=QueueSettings, description="Backpressure")
     default_model: str = Field(default="ffs-mj-5m", description="Model for jobs that name none")
     tenant: str = Field(default="default", description="Tenant used when the caller names none")
+
+    @model_validator(mode="after")
+    def _report_unknown_env(self) -> ProducerSettings:
+        warn_unknown_settings(env_names(ProducerSettings), foreign_groups=WORKER_GROUPS)
+        return self
+
+
+# --- unknown FAKESAKE_ variables ---------------------------------------------------------------------------
+
+
+def env_names(model: type[BaseModel], prefix: str = ENV_PREFIX) -> frozenset[str]:
+    """Every environment variable ``model`` reads, upper case: each field, recursing into nested groups, and
+    each group as a whole (pydantic-settings also reads ``FAKESAKE_REDIS='{"url": ...}'``)."""
+    names: set[str] = set()
+    for field_name, info in model.model_fields.items():
+        env = f"{prefix}{field_name}".upper()
+        names.add(env)
+        for candidate in (info.annotation, *get_args(info.annotation)):  # a group, or an optional group
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                names |= env_names(candidate, f"{env}{ENV_NESTED_DELIMITER}")
+    return frozenset(names)
+
+
+@dataclass(frozen=True)
+class UnknownSetting:
+    """A ``FAKESAKE_`` variable that no settings class reads, and the known name closest to it."""
+
+    name: str
+    suggestion: str | None
+
+    def __str__(self) -> str:
+        hint = f"did you mean {self.suggestion}?" if self.suggestion else "no setting has a similar name"
+        return f"unknown setting {self.name} ({hint})"
+
+
+def unknown_settings(
+    known: Iterable[str], environ: Mapping[str, str], *, foreign_groups: Iterable[str] = ()
+) -> list[UnknownSetting]:
+    """The ``FAKESAKE_`` names in ``environ`` that are not in ``known`` (compared without case, as
+    pydantic-settings reads them), sorted. Names under ``foreign_groups`` (top-level field names) belong to
+    another process's class and are skipped."""
+    known_upper = {k.upper() for k in known}
+    foreign = tuple(f"{ENV_PREFIX}{g}".upper() for g in foreign_groups)
+    # Suggestions are matched on the part after the prefix: the shared prefix would make every name look close.
+    stems = {k.removeprefix(ENV_PREFIX): k for k in known_upper}
+    found = []
+    for key in sorted(environ):
+        name = key.upper()
+        if not name.startswith(ENV_PREFIX) or name in known_upper:
+            continue
+        if any(name == f or name.startswith(f + ENV_NESTED_DELIMITER) for f in foreign):
+            continue
+        close = difflib.get_close_matches(name.removeprefix(ENV_PREFIX), list(stems), n=1)
+        found.append(UnknownSetting(key, stems[close[0]] if close else None))
+    return found
+
+
+_reported: set[str] = set()  # names already warned about in this process
+
+
+def warn_unknown_settings(
+    known: Iterable[str], *, foreign_groups: Iterable[str] = (), environ: Mapping[str, str] | None = None
+) -> list[UnknownSetting]:
+    """Log one warning for each unknown ``FAKESAKE_`` variable (see :func:`unknown_settings`), once per
+    process (settings are built more than once in some processes); returns the ones found.
+
+    A warning, not a refusal: one env file is shared by processes of different versions during a rolling
+    upgrade (a variable a newer release reads must not stop an older one), and test harnesses keep their
+    own ``FAKESAKE_`` variables. The values are never logged: some are secrets."""
+    found = unknown_settings(known, os.environ if environ is None else environ, foreign_groups=foreign_groups)
+    for item in found:
+        if item.name not in _reported:
+            _reported.add(item.name)
+            log.warning("%s; it is ignored", item)
+    return found

@@ -12,8 +12,8 @@ constant time, and rejects timestamps outside a replay window — :func:`verify`
         return 400
 
 Delivery is one attempt through an injected ``post`` callable (the SSRF-safe HTTP client); retries with
-backoff belong to the caller (a Celery task), using :func:`is_retryable_status`. A webhook failure never
-touches the stored result.
+backoff belong to the caller (a Celery task), using :func:`producers.errors.is_retryable_status`. A webhook
+failure never touches the stored result.
 """
 
 from __future__ import annotations
@@ -68,11 +68,6 @@ def verify(body: bytes, header: str, secret: str, tolerance_s: int = 300, now: f
     expected = sign(body, secret, timestamp)
     # compare_digest on every candidate (no early exit) keeps the timing independent of which matched
     return sum(hmac.compare_digest(expected, c) for c in candidates) > 0
-
-
-def is_retryable_status(status: int) -> bool:
-    """Whether a delivery that got ``status`` is worth retrying (timeouts, throttling, server errors)."""
-    return status in (408, 425, 429) or status >= 500
 
 
 def deliver(result: JobResult, url: str, secret: str, post: Poster, *, now: float | None = None) -> int:

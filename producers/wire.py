@@ -6,7 +6,7 @@ producer enqueue tens of thousands of jobs per second without importing Celery a
 
 The envelope is what ``celery.app.amqp.AMQP.as_task_v2`` + ``kombu.transport.redis.Channel._put`` write
 (kombu 5.x, Celery 5.x) less everything the consumer reads as the same default (see :func:`build_message`),
-in compact JSON. Byte budget (issue #6: ≤ 1 KiB of Redis memory per queued job, lane + ledger): for a job
+in compact JSON. Byte budget (≤ 1 KiB of Redis memory per queued job, lane + ledger): for a job
 with a 49-char S3 source the message is 556 bytes (send_task's ~1,410; ours was ~900 with a base64 body and
 null fields) and the ledger keeps only the job's fields (:func:`encode`, 117 bytes), not a second copy of
 the message. Measured in Redis 7 (used_memory per job, 20,000 jobs): lane 590 B, ledger hash 229 B, ledger

@@ -212,7 +212,7 @@ def check(
         want = expected_errors.get(job_id)
         if result.ok:
             statuses["ok"] += 1
-            assert result.score is not None and result.label is not None and result.model is not None
+            assert result.score is not None and result.band is not None and result.model is not None
             if want is not None:
                 wrong.append(f"{job_id}: ok, expected {want}")
         else:

@@ -51,6 +51,7 @@ def test_prefix_listing_is_paginated_and_skips_folder_markers(bucket: tuple[Any,
         ("s3://{b}/nothing-here", ["nothing-here"]),  # neither: one source, the worker reports it
         ("s3://{b}/raw/", ["raw/e"]),
         ("s3://{b}", sorted(k for k in KEYS if not k.endswith("/"))),
+        ("s3://{b}/photos?versionId=v1", ["photos?versionId=v1"]),  # a version names one object: never listed
     ],
 )
 def test_expand_s3(bucket: tuple[Any, str], uri: str, expected: list[str]) -> None:

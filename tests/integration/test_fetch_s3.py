@@ -74,6 +74,40 @@ def test_versioned_read(client: Any, bucket: str) -> None:
     assert info.value.code is ErrorCode.NOT_FOUND
 
 
+def test_version_in_the_uri_and_what_was_read(client: Any, bucket: str) -> None:
+    client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    first = client.put_object(Bucket=bucket, Key="k.jpg", Body=b"first")
+    second = client.put_object(Bucket=bucket, Key="k.jpg", Body=b"second")
+    fetcher = S3Fetcher(client, FetchPolicy())
+    old = fetcher.fetch(f"s3://{bucket}/k.jpg?versionId={first['VersionId']}")
+    assert (old.data, old.meta["version_id"]) == (b"first", first["VersionId"])
+    assert old.meta["etag"] == first["ETag"].strip('"')  # unquoted, as S3 Inventory lists ETags
+    latest = fetcher.fetch(f"s3://{bucket}/k.jpg")
+    assert (latest.data, latest.meta["version_id"]) == (b"second", second["VersionId"])
+    same = fetcher.fetch(f"s3://{bucket}/k.jpg?versionId={first['VersionId']}", version=first["VersionId"])
+    assert same.data == b"first"
+    calls = calls_of(client)
+    with pytest.raises(PermanentError) as info:
+        fetcher.fetch(f"s3://{bucket}/k.jpg?versionId={first['VersionId']}", version=second["VersionId"])
+    assert info.value.code is ErrorCode.INVALID_SOURCE
+    assert calls == []  # a contradiction is refused before any request
+
+
+@pytest.mark.parametrize("key", ["what?.jpg", "a?b=c&d.jpg", "hash#tag.png", "50%25?.png", "k?versionId="])
+def test_keys_with_question_marks_stay_readable(client: Any, bucket: str, key: str) -> None:
+    client.put_object(Bucket=bucket, Key=key, Body=b"odd key")
+    fetched = S3Fetcher(client, FetchPolicy()).fetch(f"s3://{bucket}/{key}")
+    assert (fetched.data, fetched.meta["key"]) == (b"odd key", key)
+
+
+def test_a_key_ending_in_a_version_suffix_is_read_with_an_explicit_version(client: Any, bucket: str) -> None:
+    # the one key the URI form cannot name alone: its own version suffix is its escape
+    client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    version = client.put_object(Bucket=bucket, Key="k?versionId=x", Body=b"odd")["VersionId"]
+    fetched = S3Fetcher(client, FetchPolicy()).fetch(f"s3://{bucket}/k?versionId=x?versionId={version}")
+    assert (fetched.data, fetched.meta["key"]) == (b"odd", "k?versionId=x")
+
+
 def test_size_cap_is_checked_by_head_without_downloading(client: Any, bucket: str) -> None:
     client.put_object(Bucket=bucket, Key="big", Body=b"x" * 5000)
     calls = calls_of(client)

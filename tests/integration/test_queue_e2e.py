@@ -1,6 +1,6 @@
 """The queue pipeline end to end: producers -> Redis -> real ``fakesake worker`` processes -> result store.
 
-Real redis-server, moto S3 server, local HTTP server and real worker processes (issue 3, "Tests with real
+Real redis-server, moto S3 server, local HTTP server and real worker processes ("Tests with real
 parts"). One worker (module-scoped, see ``conftest.py``) serves most tests; the rate-limit and crash tests
 share a pair of rate-limited workers on their own Redis database. Measured figures are printed (``-s``)
 and attached to the report with ``record_property``.

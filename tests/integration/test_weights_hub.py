@@ -1,6 +1,6 @@
 """Hub weights against a local stand-in for the Hugging Face hub (HF_ENDPOINT): one request, never a retry loop.
 
-The stand-in counts connections and requests, so "fails fast" is asserted as "asked once", not in seconds.
+The stand-in records each request, so "fails fast" is asserted as "asked once", not in seconds.
 """
 
 from __future__ import annotations
@@ -28,17 +28,22 @@ COMMIT = "c" * 40
 @dataclass
 class FakeHub:
     """``mode``: ``reset`` closes each connection unanswered; ``503`` answers every request with 503;
-    ``serve`` answers HEAD and GET of ``files`` as the hub's ``resolve`` endpoint does."""
+    ``serve`` answers HEAD and GET of ``files`` as the hub's ``resolve`` endpoint does. ``requests`` holds
+    "METHOD PATH" of each request."""
 
     mode: str
     files: dict[str, bytes] = field(default_factory=dict)
-    connections: int = 0
     requests: list[str] = field(default_factory=list)
     port: int = 0
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def asked_for(self, filename: str) -> int:
+        """Requests for ``filename`` (the client's once-per-process side requests, such as its agent
+        registry look-up, are not counted)."""
+        return sum(1 for r in self.requests if r.endswith(f"/resolve/main/{filename}"))
 
 
 @contextmanager
@@ -53,10 +58,11 @@ def fake_hub(mode: str, files: dict[str, bytes] | None = None) -> Iterator[FakeH
             pass
 
         def handle(self) -> None:
-            with lock:
-                hub.connections += 1
             if hub.mode == "reset":
-                return  # the server closes the socket: the client sees a dropped connection
+                line = self.rfile.readline(65537).decode("latin-1").strip()
+                with lock:
+                    hub.requests.append(line.rsplit(" ", 1)[0])
+                return  # closed unanswered: the client sees a dropped connection
             super().handle()
 
         def _answer(self, with_body: bool) -> None:
@@ -110,7 +116,7 @@ def test_unreachable_hub_is_a_config_error_after_one_request(
         monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
         with pytest.raises(ConfigError) as info:
             resolve_weights(MJ, None, hf_cache_dir=tmp_path / "empty-cache")
-    assert hub.connections == 1  # no retry loop
+    assert hub.asked_for(MJ.weights_file) == 1  # no retry loop
     message = info.value.message
     assert f"repo {MJ.hub_repo}" in message and MJ.weights_file in message
     for way_out in ("--weights", "FAKESAKE_MODEL__WEIGHTS", "huggingface-cli download", f"hf download {MJ.hub_repo}"):
@@ -123,7 +129,7 @@ def test_offline_mode_asks_nothing_of_the_hub(tmp_path: Path, monkeypatch: pytes
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
         with pytest.raises(ConfigError, match="HF_HUB_OFFLINE"):
             resolve_weights(MJ, None, hf_cache_dir=tmp_path / "empty-cache")
-    assert hub.connections == 0
+    assert hub.asked_for(MJ.weights_file) == 0
 
 
 def test_unreachable_hub_falls_back_to_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -135,7 +141,7 @@ def test_unreachable_hub_falls_back_to_the_cache(tmp_path: Path, monkeypatch: py
         monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
         path = resolve_weights(MJ, None, hf_cache_dir=cache)
     assert path.read_bytes() == weights.read_bytes()
-    assert hub.connections == 1
+    assert hub.asked_for(MJ.weights_file) == 1
 
 
 def test_reachable_hub_downloads_into_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

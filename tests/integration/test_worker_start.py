@@ -59,8 +59,8 @@ def test_two_workers_with_default_settings_share_a_host(stack: Stack) -> None:
 
         producer = stack.producer("two-workers")
         data = encode(photo(96, 80, seed=7), "JPEG", quality=85)
-        url = stack.http.add("/two-workers/a.jpg", Route(body=data, content_type="image/jpeg"))
-        ids = producer.submit_many([f"{url}?n={i}" for i in range(40)])
+        urls = [stack.http.add(f"/two-workers/{i}.jpg", Route(body=data, content_type="image/jpeg")) for i in range(40)]
+        ids = producer.submit_many(urls)
         results = producer.wait(ids, timeout_s=120)
         assert len(results) == len(ids)
         assert all(r.status is Status.OK for r in results.values()), [r.error for r in results.values()]
@@ -114,11 +114,13 @@ def test_a_worker_that_cannot_start_exits_before_taking_a_job(stack: Stack, held
             worker.kill()
             pytest.fail(f"the worker kept running although it could not start:\n{worker.tail()}")
         assert code == 2, worker.tail()
-        lines = [line for line in worker.log_path.read_text(errors="replace").splitlines() if line.startswith("fakesake:")]
+        lines = [
+            line for line in worker.log_path.read_text(errors="replace").splitlines() if line.startswith("fakesake:")
+        ]
         assert len(lines) == 1 and lines[0].startswith(expected), worker.tail()
         # Not consumed, not failed: the job still waits in its lane for a worker that can serve it.
         assert client.llen("fakesake.interactive") == waiting + 1
         assert client.hlen("unacked") == 0
-        assert producer.result(job_id) is None
+        assert producer.get_result(job_id) is None
         client.delete("fakesake.interactive")  # leave the module's shared lane as it was
         worker.log_path.unlink()

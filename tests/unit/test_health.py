@@ -17,7 +17,7 @@ import pytest
 
 from tests.support.servers import free_port
 from worker.service import health
-from worker.service.health import HealthServer, HealthState, Heartbeat, check, judge
+from worker.service.health import HealthPolicy, HealthServer, HealthState, Heartbeat, check, judge
 from worker.service.settings import MetricsSettings
 
 MAX_AGE = 30.0
@@ -118,13 +118,8 @@ def test_heartbeat_calls_on_stall_once_when_the_consumer_stalls(state: HealthSta
 def test_on_stall_is_wired_only_when_exit_is_enabled(tmp_path: Path) -> None:
     calls: list[str] = []
     for enabled in (True, False):
-        settings = MetricsSettings(
-            health_port=0,
-            heartbeat_file=str(tmp_path / "hb"),
-            heartbeat_interval_s=1,
-            exit_on_consumer_stall=enabled,
-        )
-        service = health.start_health(settings, ping=None, on_stall=calls.append)
+        policy = HealthPolicy(heartbeat_interval_s=1, consumer_stall_s=120, exit_on_consumer_stall=enabled)
+        service = health.start_health(policy, ping=None, heartbeat_file=tmp_path / "hb", on_stall=calls.append)
         try:
             service.state.consumer_tick_at = service.state.clock() - 1_000
             service.heartbeat.beat_once()
@@ -275,24 +270,38 @@ def test_subcommand_uses_the_heartbeat_file_when_http_is_off(tmp_path: Path, mon
 
 
 def test_start_health_runs_heartbeat_and_server(tmp_path: Path) -> None:
-    settings = MetricsSettings(
-        health_port=free_port(),
-        bind_host="127.0.0.1",
-        heartbeat_file=str(tmp_path / "hb"),
-        heartbeat_interval_s=0.05,
-    )
-    service = health.start_health(settings, ping=lambda: True)
+    policy = HealthPolicy(heartbeat_interval_s=0.05, consumer_stall_s=120.0)
+    state = HealthState()
+    port = free_port()
+    server = HealthServer(state, port, "127.0.0.1", policy.heartbeat_max_age_s)
+    service = health.start_health(policy, ping=lambda: True, state=state, heartbeat_file=tmp_path / "hb", server=server)
     try:
-        assert service.state.consumer_stall_s == settings.consumer_stall_s == 120.0
-        assert check("live", url=f"http://127.0.0.1:{settings.health_port}/livez")[0]
-        assert not check("ready", url=f"http://127.0.0.1:{settings.health_port}/readyz")[0]
+        assert service.state.consumer_stall_s == 120.0
+        assert check("live", url=f"http://127.0.0.1:{port}/livez")[0]
+        assert not check("ready", url=f"http://127.0.0.1:{port}/readyz")[0]
         service.state.mark_model_loaded("m@1")
         deadline = time.monotonic() + 5  # the heartbeat thread's first ping may still be in flight
-        while not check("ready", url=f"http://127.0.0.1:{settings.health_port}/readyz")[0]:
+        while not check("ready", url=f"http://127.0.0.1:{port}/readyz")[0]:
             assert time.monotonic() < deadline, "never ready"
             time.sleep(0.02)
     finally:
         service.stop()
+
+
+def test_a_server_that_never_served_stops_and_frees_its_port() -> None:
+    port = free_port()
+    HealthServer(HealthState(), port, "127.0.0.1").stop()  # would wait forever in shutdown() before
+    HealthServer(HealthState(), port, "127.0.0.1").stop()  # the port is free again
+
+
+def test_subcommand_checks_the_slot_it_is_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = tmp_path / "hb"
+    monkeypatch.setenv("FAKESAKE_METRICS__HEALTH_PORT", "0")
+    monkeypatch.setenv("FAKESAKE_METRICS__HEARTBEAT_FILE", str(base))
+    Heartbeat(HealthState(), path=tmp_path / "hb-2").beat_once()  # only slot 2's worker runs
+    parser = _health_parser()
+    assert health.run_health(parser.parse_args(["health"])) == 1
+    assert health.run_health(parser.parse_args(["health", "--slot", "2"])) == 0
 
 
 def test_max_age_must_exceed_interval() -> None:

@@ -1,4 +1,4 @@
-"""The ONNX Runtime backend gives the torch backend's scores (issue 6: parity <= 1e-4)."""
+"""The ONNX Runtime backend gives the torch backend's scores (parity <= 1e-4)."""
 
 from __future__ import annotations
 

@@ -158,7 +158,7 @@ def test_ok_record_fields() -> None:
     assert record["source_version"] is None and record["etag"] is None  # not an S3 object
     assert record["status"] == "ok" and record["model"] == "ffs-mj-5m@1.0" and record["error"] is None
     assert 0.0 <= record["score"] <= 1.0
-    assert record["label"] == ("ai" if record["score"] > 0.5 else "human")
+    assert record["label"] == {"ai": "ai", "human": "human", "uncertain": None}[record["band"]]
     assert {"fetch_ms", "decode_ms", "inference_ms", "total_ms"} <= set(record["timings"])
 
 
@@ -182,8 +182,8 @@ def test_thresholds_decide_the_band() -> None:
         t: next(_engine(MemoryFetcher(GOOD), thresholds=t).classify(["mem://png-rgb"]))
         for t in (Thresholds(0.0, 0.0), Thresholds(1.0, 1.0))
     }
-    assert [o.band for o in outcomes.values()] == [Band.AI, Band.HUMAN]
-    assert len({(o.score, o.label) for o in outcomes.values()}) == 1
+    assert [(o.band, o.label) for o in outcomes.values()] == [(Band.AI, Label.AI), (Band.HUMAN, Label.HUMAN)]
+    assert len({o.score for o in outcomes.values()}) == 1
 
 
 def test_prepare_returns_tensor_and_timings() -> None:

@@ -1,4 +1,4 @@
-"""The registry holds the published facts of each FFS variant (REFERENCE.md section 1)."""
+"""The registry holds the published facts of each FFS variant (from the FFS model repos)."""
 
 from __future__ import annotations
 

@@ -9,11 +9,11 @@ import json
 import pytest
 
 from producers.contract import JobResult, Status
+from producers.errors import is_retryable_status
 from producers.webhook import (
     JOB_ID_HEADER,
     SIGNATURE_HEADER,
     deliver,
-    is_retryable_status,
     sign,
     signature_header,
     verify,

@@ -207,7 +207,7 @@ def test_a_value_that_is_not_a_jobs_fields_is_refused(stored: bytes) -> None:
 
 
 def test_typical_message_fits_the_redis_budget() -> None:
-    # Issue 6 budgets 1 KiB of Redis memory per queued job: the message in its lane (plus ~35 bytes of list
+    # The memory budget is 1 KiB of Redis memory per queued job: the message in its lane (plus ~35 bytes of list
     # overhead) and its ledger entry (value plus ~100 bytes of hash overhead, ~150 bytes in the seen zset).
     job = JobMessage(tenant="acme", source="s3://bucket/images/2024/01/photo-000123.jpg")
     message, stored = wire.encode(job)

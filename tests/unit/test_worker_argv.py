@@ -1,10 +1,11 @@
-"""`fakesake worker` passes celery options through and fills in only what the user left out."""
+"""`fakesake worker` passes celery options through, fills in only what the user left out, and explains itself."""
 
 from __future__ import annotations
 
 import pytest
 
-from worker.service.celery_app import celery_config, worker_argv
+from worker.service.celery_app import celery_config, forks_children, worker_argv
+from worker.service.cli import main
 from worker.service.settings import WorkerSettings
 
 
@@ -42,3 +43,30 @@ def test_task_events_follow_the_setting() -> None:
     on = WorkerSettings(metrics={"task_events": True})
     assert worker_argv(on, [])[:2] == ["worker", "--events"] and celery_config(on)["worker_send_task_events"]
     assert not celery_config(WorkerSettings())["worker_send_task_events"]
+
+
+@pytest.mark.parametrize("argv", [["worker", "--help"], ["worker", "-h"], ["worker", "-Q", "fakesake.bulk", "--help"]])
+def test_worker_help_explains_the_worker_and_lists_celery_options(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: fakesake worker")
+    assert "FAKESAKE_METRICS__PORT + 10*k" in out and "--pool=threads" in out  # fakesake's own part
+    assert "celery worker options:" in out and "--hostname" in out and "--prefetch-multiplier" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "forks"),
+    [
+        ([], True),  # Celery's default pool
+        (worker_argv(WorkerSettings(), []), False),
+        (["--pool", "prefork"], True),
+        (["--pool=processes"], True),
+        (["-P", "solo"], False),
+        (["-Pprefork"], True),
+        (["--pool=threads", "-P", "prefork"], True),
+    ],
+)
+def test_only_a_prefork_pool_builds_its_runtime_in_children(argv: list[str], forks: bool) -> None:
+    assert forks_children(argv) is forks

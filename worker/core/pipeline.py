@@ -184,7 +184,8 @@ class Pipeline:
                 self.batcher.flush()
                 wait([score])
                 return
-            wait([score, *preparing], return_when=FIRST_COMPLETED)
+            watched: list[Future[Any]] = [score, *preparing]
+            wait(watched, return_when=FIRST_COMPLETED)
 
     def _outcome(self, item: _InFlight) -> Outcome:
         error = item.error

@@ -1,7 +1,7 @@
 """Registry of detector specs: everything needed to build, load and call a detector, as data.
 
 Pure: no torch, no timm. The loader turns a spec into a module; the preprocessor turns a spec's
-:class:`Preprocessing` into tensors. Facts come from the FFS model repos (see REFERENCE.md §1).
+:class:`Preprocessing` into tensors. Facts come from the FFS model repos on the Hugging Face hub (model cards, ``pipeline.py``).
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ class Preprocessing:
 class Thresholds:
     """P(AI) cut points: score >= ai_min -> band ai; score < human_max -> band human; else uncertain.
 
-    ``label`` always uses 0.5 (the argmax of the two-class softmax), the band adds the uncertainty
-    margin that moderation queues ask for.
+    The label follows the band (``worker.core.verdict``): ai, human, or none in the uncertain margin that
+    moderation queues ask for.
     """
 
     human_max: float = 0.35

@@ -1,4 +1,11 @@
-"""Turn a P(AI) score into a label and a band. Pure."""
+"""Turn a P(AI) score into a band and a label. Pure.
+
+One story for both fields: the ``band`` is the verdict with room to abstain (``human`` below
+``human_max``, ``ai`` from ``ai_min``, ``uncertain`` between), and the ``label`` is that verdict where there is
+one — ``ai`` exactly when the band is ``ai``, ``human`` exactly when it is ``human`` — and ``None`` (JSON
+``null``) in the uncertain band. A record therefore never says ``label: ai`` next to ``band: uncertain``. Callers
+that want a forced binary call use ``score`` against a threshold of their own choosing.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +21,15 @@ def band_of(score: float, thresholds: Thresholds) -> Band:
     return Band.UNCERTAIN
 
 
-def label_of(score: float) -> Label:
-    # Two-class softmax: argmax is index 1 ("by AI") exactly when P(AI) > 0.5; a tie reads as human.
-    return Label.AI if score > 0.5 else Label.HUMAN
+_LABEL_OF_BAND: dict[Band, Label | None] = {Band.AI: Label.AI, Band.HUMAN: Label.HUMAN, Band.UNCERTAIN: None}
+
+
+def label_of(band: Band) -> Label | None:
+    """The label a band implies: the band's verdict, or None when the band abstains."""
+    return _LABEL_OF_BAND[band]
 
 
 def verdict(score: float, spec: DetectorSpec, thresholds: Thresholds | None = None) -> Verdict:
     """The verdict for one score under the spec's (or overriding) thresholds."""
-    t = thresholds or spec.thresholds
-    return Verdict(score=score, label=label_of(score), band=band_of(score, t), model=spec.ref)
+    band = band_of(score, thresholds or spec.thresholds)
+    return Verdict(score=score, label=label_of(band), band=band, model=spec.ref)

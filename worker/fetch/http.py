@@ -47,7 +47,7 @@ from datetime import UTC, datetime
 from email.message import Message
 from urllib.parse import urljoin
 
-from producers.errors import ErrorCode, FakesakeError, PermanentError, TransientError
+from producers.errors import ErrorCode, FakesakeError, PermanentError, TransientError, is_retryable_status
 from worker.core.ports import Fetched
 from worker.fetch.limits import CHUNK_BYTES, Deadline, read_capped
 from worker.fetch.policy import FetchPolicy
@@ -66,7 +66,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_TRANSIENT_STATUS = frozenset({408, 425, 429})
 _DNS_PERMANENT = frozenset(
     getattr(socket, name) for name in ("EAI_NONAME", "EAI_NODATA", "EAI_ADDRFAMILY") if hasattr(socket, name)
 )
@@ -353,7 +352,7 @@ class HttpFetcher:
             raise PermanentError(ErrorCode.NOT_FOUND, f"HTTP {status}: {url}")
         if status in (401, 403, 451):
             raise PermanentError(ErrorCode.FORBIDDEN, f"HTTP {status}: {url}")
-        if status in _TRANSIENT_STATUS or status >= 500:
+        if is_retryable_status(status):
             retry_after = parse_retry_after(reply.headers.get("Retry-After"))
             raise TransientError(ErrorCode.FETCH_FAILED, f"HTTP {status}: {url}", retry_after_s=retry_after)
         raise PermanentError(ErrorCode.FETCH_FAILED, f"HTTP {status}: {url}")

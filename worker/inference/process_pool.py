@@ -1,7 +1,7 @@
 """Engine processes for in-process scans: N children, each with its own model on one thread.
 
 One process holding prepare threads and a model thread loses throughput to the GIL and to thread contention;
-separate single-thread processes do not (REFERENCE.md section 3; ``python -m bench --only engine``). Each child
+separate single-thread processes do not (measured: ``python -m bench --only engine``). Each child
 builds its own :class:`~worker.core.pipeline.Pipeline` (model, fetcher) from a picklable recipe and runs
 fetch + decode + preprocess + predict for one chunk (one batch) of sources at a time, sequentially, on its core.
 

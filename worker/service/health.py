@@ -12,7 +12,8 @@
   does not help a Redis outage.
 * A stdlib HTTP server in a daemon thread answers ``/livez`` and ``/readyz`` (``/healthz`` = ``/livez``)
   with 200 or 503 and a JSON body.
-* :func:`check` is what ``fakesake health [--live|--ready] [--url URL | --file PATH]`` runs (exit 0 / 1).
+* :func:`check` is what ``fakesake health [--live|--ready] [--url URL | --file PATH] [--slot K]`` runs (exit 0 / 1);
+  ``--slot`` picks the port and file of worker slot K (:mod:`worker.service.slots`) when several share a host.
 
 Wall-clock time (``time.time``) is used throughout because the heartbeat file is read by another process.
 No torch here.

@@ -81,7 +81,3 @@ def setup_logging(level: str | None = None, json_format: bool | None = None) -> 
     # At DEBUG Celery's pool logs every task's full arguments: presigned URL signatures and callback URLs.
     logging.getLogger("celery.pool").setLevel(max(logging.INFO, root.level))
 
-
-def context_filter() -> logging.Filter:
-    """The filter that stamps job id and tenant; for handlers installed by others (Celery's)."""
-    return _ContextFilter()

@@ -7,7 +7,8 @@ metrics, not whatever another library registered globally. The worker builds one
 serves it with :func:`start_metrics_server`.
 
 Metrics are per process: the worker runs one process per GPU (``--pool threads``), so one endpoint per pod
-covers it. A prefork pool would need prometheus-client's multiprocess mode, which this module does not set up.
+covers it; several workers on one host serve on their slots' ports (:mod:`worker.service.slots`). A prefork
+pool would need prometheus-client's multiprocess mode, which this module does not set up.
 
 Queue depth and DLQ size are read from Redis at scrape time by :class:`RedisDepthCollector` (one pipelined
 round trip), so every worker reports the same, current figures: aggregate them with ``max``, not ``sum``.

@@ -11,7 +11,17 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from producers.settings import ENV_PREFIX, QueueSettings, RedisSettings, S3Settings, parse_cidrs
+from producers.settings import (
+    ENV_NESTED_DELIMITER,
+    ENV_PREFIX,
+    ProducerSettings,
+    QueueSettings,
+    RedisSettings,
+    S3Settings,
+    env_names,
+    parse_cidrs,
+    warn_unknown_settings,
+)
 
 
 class ModelSettings(BaseModel):
@@ -228,7 +238,8 @@ class MetricsSettings(BaseModel):
 class WorkerSettings(BaseSettings):
     """Settings of a worker process (and of in-process ``fakesake scan``)."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore")
+    # extra="ignore": a FAKESAKE_ variable no field reads is not an error (see _report_unknown_env).
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_NESTED_DELIMITER, extra="ignore")
 
     redis: RedisSettings = Field(default_factory=RedisSettings, description="Redis connection")
     s3: S3Settings = Field(default_factory=S3Settings, description="S3 connection")
@@ -242,6 +253,12 @@ class WorkerSettings(BaseSettings):
     results: ResultSettings = Field(default_factory=ResultSettings, description="Result store and delivery")
     log: LogSettings = Field(default_factory=LogSettings, description="Logging")
     metrics: MetricsSettings = Field(default_factory=MetricsSettings, description="Metrics and health")
+
+    @model_validator(mode="after")
+    def _report_unknown_env(self) -> WorkerSettings:
+        # The producer's names count as known: a Compose env file is shared by producer and worker.
+        warn_unknown_settings(env_names(WorkerSettings) | env_names(ProducerSettings))
+        return self
 
     @model_validator(mode="after")
     def _waits_below_visibility_timeout(self) -> WorkerSettings:

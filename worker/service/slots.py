@@ -26,7 +26,15 @@ SLOT_STRIDE = 10
 
 
 class SlotBusy(Exception):
-    """One resource of a slot (a port, the heartbeat lock) is held by another process: try the next slot."""
+    """One resource of a slot (a port, the heartbeat lock) is held by another process: try the next slot.
+
+    ``setting`` is the variable that chooses that resource (named when no slot is left).
+    """
+
+    def __init__(self, reason: str, setting: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.setting = setting
 
 
 @dataclass(frozen=True)
@@ -96,7 +104,9 @@ class HeartbeatLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise SlotBusy(f"heartbeat file {heartbeat_file} is in use by another worker") from None
+            raise SlotBusy(
+                f"heartbeat file {heartbeat_file} is in use by another worker", "FAKESAKE_METRICS__HEARTBEAT_FILE"
+            ) from None
         return cls(fd)
 
     def release(self) -> None:
@@ -106,20 +116,14 @@ class HeartbeatLock:
             self._fd = None
 
 
-def no_free_slot(plan: SlotPlan, reasons: list[str]) -> str:
-    """The one-line reason a worker cannot start, naming the settings to change."""
+def no_free_slot(plan: SlotPlan, busy: list[SlotBusy]) -> str:
+    """The one-line reason a worker cannot start (``busy``: why each slot was refused), naming the setting."""
     if plan.slots == 1:
-        settings = []
-        if plan.metrics_port:
-            settings.append("FAKESAKE_METRICS__PORT")
-        if plan.health_port:
-            settings.append("FAKESAKE_METRICS__HEALTH_PORT")
-        if plan.heartbeat_file:
-            settings.append("FAKESAKE_METRICS__HEARTBEAT_FILE")
         return (
-            f"{reasons[0]}; set {' / '.join(settings)} to a free one "
-            "(or FAKESAKE_METRICS__SLOTS above 1 to let the worker try the next ports)"
+            f"{busy[0].reason}; set {busy[0].setting} to a free one "
+            "(or FAKESAKE_METRICS__SLOTS above 1 to let the worker try the next slots)"
         )
+    reasons = [f"slot {k}: {b.reason}" for k, b in enumerate(busy)]
     shown = "; ".join(reasons[:3]) + ("; ..." if len(reasons) > 3 else "")
     return (
         f"all {plan.slots} worker slots are taken ({shown}); raise FAKESAKE_METRICS__SLOTS or set "

@@ -3,6 +3,10 @@
 The runtime and the Celery adapter report events here (job started/finished, batch run, model loaded);
 this module turns them into metric updates and readiness. Nothing else in the worker touches
 prometheus-client or the health server.
+
+:meth:`Telemetry.start` takes the process's worker slot (:mod:`worker.service.slots`): the first whose heartbeat
+lock it holds and whose health and metrics ports it binds. It is part of the worker's start, so a worker with no
+free slot refuses to start instead of serving without endpoints.
 """
 
 from __future__ import annotations
@@ -51,9 +55,9 @@ def _bind(what: str, port: int, host: str, bind: Any) -> Any:
     try:
         return bind()
     except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            raise SlotBusy(f"{what} port {port} is in use") from None
         setting = "FAKESAKE_METRICS__PORT" if what == "metrics" else "FAKESAKE_METRICS__HEALTH_PORT"
+        if exc.errno == errno.EADDRINUSE:
+            raise SlotBusy(f"{what} port {port} is in use", setting) from None
         raise ConfigError(
             f"cannot serve {what} on {host}:{port}: {exc.strerror or exc}; check {setting} and "
             "FAKESAKE_METRICS__BIND_HOST"
@@ -90,16 +94,16 @@ class Telemetry:
         """
         m = metrics.default()
         state = health.HealthState()
-        reasons: list[str] = []
+        refused: list[SlotBusy] = []
         for slot in plan.all():
             try:
                 held = _take(slot, state, bind_host, m, policy.heartbeat_max_age_s)
             except SlotBusy as busy:
-                reasons.append(f"slot {slot.index}: {busy}" if plan.slots > 1 else str(busy))
+                refused.append(busy)
                 continue
             break
         else:
-            raise ConfigError(no_free_slot(plan, reasons))
+            raise ConfigError(no_free_slot(plan, refused))
         state.slot, state.metrics_port, state.health_port = slot.index, slot.metrics_port, slot.health_port
         log.info(
             "worker slot %d: metrics port %s, health port %s, heartbeat file %s",

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from producers.contract import ErrorInfo, JobResult
-from producers.errors import ErrorCode, FakesakeError, PermanentError, TransientError
+from producers.errors import ErrorCode, FakesakeError, PermanentError, TransientError, is_retryable_status
 from producers.redaction import redact_url
-from producers.webhook import Poster, deliver, is_retryable_status
+from producers.webhook import Poster, deliver
 from worker.core.retry import RetryPolicy
 
 log = logging.getLogger(__name__)

@@ -1,8 +1,9 @@
 """Per-job delivery and attempt counters in Redis (the JobCounters protocol).
 
 Deliveries are counted under the job id, not the Celery message: a worker killed mid-job leaves its count
-open, so the next delivery sees how many earlier ones died (REFERENCE.md §2: count deliveries yourself and
-dead-letter after N). A delivery that reaches a decision closes its count.
+open, so the next delivery sees how many earlier ones died. (Celery requeues a task whose worker died, with
+``task_reject_on_worker_lost``, as often as it dies: counting here is what lets a poison job be dead-lettered
+after N.) A delivery that reaches a decision closes its count.
 
 Reading the open deliveries when a job arrives (before it may wait at the isolation gate) and beginning a
 delivery both touch the job's ledger entry (``Keys.LEDGER_SEEN``, Redis TIME, only if the job is still in the

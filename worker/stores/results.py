@@ -13,8 +13,8 @@ import logging
 import threading
 from typing import Any
 
+from producers.connections import redis_errors
 from producers.contract import JobResult, Keys, parse_s3_uri
-from producers.errors import ErrorCode, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +54,7 @@ class RedisResultStore:
 
         Raises ``TransientError(unavailable)`` if Redis cannot be reached: the caller must not ack the job.
         """
-        import redis
-
-        try:
+        with redis_errors("result store"):
             existing = self._put(
                 keys=[
                     Keys.result(result.tenant, result.job_id),
@@ -73,8 +71,6 @@ class RedisResultStore:
                     Keys.notify(result.tenant),
                 ],
             )
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise TransientError(ErrorCode.UNAVAILABLE, f"result store unavailable: {exc}") from exc
         if existing is None:
             return result
         stored = JobResult.model_validate_json(existing)
