@@ -163,9 +163,11 @@ def test_slow_drip_body_times_out_at_the_total_deadline(http_srv: HttpServer) ->
     started = time.monotonic()
     with pytest.raises(TransientError) as info:
         HttpFetcher(policy).fetch(url)
-    elapsed = time.monotonic() - started
+    # A byte every 0.05 s never trips the read timeout and the body would take 50 s: the total deadline ended
+    # it, and the message says so. A lower bound only: a busy machine can make the fetch late, never early.
     assert info.value.code is ErrorCode.TIMEOUT
-    assert 1.0 <= elapsed < 1.0 + 0.3, elapsed
+    assert "took longer than 1s" in info.value.message
+    assert time.monotonic() - started >= 1.0
 
 
 @pytest.mark.parametrize(
@@ -180,20 +182,20 @@ def test_slow_drip_body_times_out_at_the_total_deadline(http_srv: HttpServer) ->
 def test_slow_drip_anywhere_times_out(http_srv: HttpServer, head: bytes) -> None:
     url = http_srv.add("/drip", Route(handler=drip(head[:20], head[20:] + b"x" * 1000, 0.05)))
     policy = policy_for(http_srv, read_timeout_s=0.5, total_timeout_s=0.8)
-    started = time.monotonic()
     with pytest.raises(TransientError) as info:
         HttpFetcher(policy).fetch(url)
+    # The drip outlasts any read timeout (a byte per 0.05 s) for 50 s: only the total deadline ends it.
     assert info.value.code is ErrorCode.TIMEOUT
-    assert time.monotonic() - started < 0.8 + 0.3
+    assert "took longer than 0.8s" in info.value.message
 
 
 def test_silent_server_hits_the_read_timeout(http_srv: HttpServer) -> None:
-    url = http_srv.add("/silent", Route(handler=lambda h: time.sleep(1.5)))
-    started = time.monotonic()
+    url = http_srv.add("/silent", Route(handler=lambda h: time.sleep(10)))
     with pytest.raises(TransientError) as info:
-        HttpFetcher(policy_for(http_srv, read_timeout_s=0.3, total_timeout_s=5.0)).fetch(url)
+        HttpFetcher(policy_for(http_srv, read_timeout_s=0.3, total_timeout_s=60.0)).fetch(url)
+    # The read timeout, not the total deadline, ended it.
     assert info.value.code is ErrorCode.TIMEOUT
-    assert time.monotonic() - started < 1.0
+    assert "no data for 0.3s" in info.value.message
 
 
 @pytest.mark.parametrize(

@@ -172,18 +172,17 @@ def test_backpressure_waits_for_room(redis_url: str, client: redis.Redis) -> Non
         producer.submit("s3://b/2.jpg", wait_if_full_s=0.3)
     assert time.monotonic() - start >= 0.3
     threading.Timer(0.3, lambda: client.rpop("fakesake.interactive")).start()
-    job_id = producer.submit("s3://b/2.jpg", wait_if_full_s=5)
+    job_id = producer.submit("s3://b/2.jpg", wait_if_full_s=60)  # room comes after 0.3 s; 60 only guards a hang
     assert wire.decode_message(client.lindex("fakesake.interactive", 0))[1].job_id == job_id
 
 
 def test_wait_is_woken_by_notifications(redis_url: str, producer: Producer) -> None:
     ids = producer.submit_many([f"s3://b/{i}.jpg" for i in range(50)], tenant="acme")
     seen: list[str] = []
-    start = time.monotonic()
     with FakeWorker(redis_url):
-        # poll_s far beyond the timeout: only the pub/sub notifications can finish this in time
-        results = producer.wait(ids, "acme", timeout_s=10, poll_s=60, on_result=lambda r: seen.append(r.job_id))
-    assert time.monotonic() - start < 10
+        # poll_s far beyond the timeout: only the pub/sub notifications can finish this before timing out,
+        # and a wait that times out returns what it has (fewer results than ids).
+        results = producer.wait(ids, "acme", timeout_s=30, poll_s=600, on_result=lambda r: seen.append(r.job_id))
     assert sorted(results) == sorted(ids) == sorted(seen)
     assert all(r.status is Status.OK and r.tenant == "acme" for r in results.values())
 
@@ -195,7 +194,7 @@ def test_wait_times_out_with_partial_results(redis_url: str, producer: Producer)
     pending = producer.submit("s3://b/pending.jpg", tenant="acme")
     start = time.monotonic()
     results = producer.wait([done, pending], "acme", timeout_s=0.5, poll_s=0.1)
-    assert 0.5 <= time.monotonic() - start < 3
+    assert time.monotonic() - start >= 0.5  # not before its timeout (late is fine: a busy machine)
     assert list(results) == [done]
 
 

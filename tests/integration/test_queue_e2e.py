@@ -513,8 +513,8 @@ def test_tenant_rate_limit_holds_across_two_workers(
     )
     record_property("rate_limit_measured_per_s", round(measured, 3))
     record_property("rate_limit_span_s", round(span, 2))
+    # The limiter's promise is an upper bound; how close to the limit a busy machine gets is a bench figure.
     assert span >= (n - 1) / rate * 0.95
-    assert 0.7 * rate <= measured <= 1.05 * rate
     # Grants are 1/rate apart; the start of processing adds scheduling jitter (a countdown fires a few ms
     # late), which can move one more start into a window: rate + burst + 1.
     assert busiest <= rate + 2, "no 1 s window admits more than rate + burst (+1 for start-time jitter)"

@@ -107,3 +107,21 @@ def test_worker_source_client_makes_one_attempt_and_scan_keeps_boto3_retries() -
     }
     with pytest.raises(ConfigError):
         make_s3_client(settings.s3, max_attempts=0)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "table"])
+def test_records_with_versions_write_in_every_format(fmt: str) -> None:
+    import io
+
+    from producers.output import write_records
+    from worker.core.pipeline import Outcome
+
+    records = [
+        Outcome("s3://b/k.jpg?versionId=v7", Status.OK, SPEC.ref, 0.9, source_version="v7", etag="e7").to_record(),
+        Outcome("photo.jpg", Status.OK, SPEC.ref, 0.1).to_record(),
+    ]
+    out = io.StringIO()
+    assert write_records(records, fmt, out) == 2
+    if fmt == "csv":
+        header, first, second = out.getvalue().splitlines()
+        assert header.endswith("source_version,etag") and first.endswith("v7,e7") and second.endswith(",")

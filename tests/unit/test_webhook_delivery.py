@@ -96,10 +96,16 @@ def test_transient_failures_are_retried_with_backoff_and_not_dead_lettered(reply
         (TransientError(ErrorCode.TIMEOUT, "read timed out"), 3, "timeout", "read timed out"),
     ],
 )
-def test_a_webhook_given_up_is_dead_lettered(reply: int | Exception, attempt: int, code: str, message: str) -> None:
+def test_a_webhook_given_up_is_dead_lettered(
+    reply: int | Exception, attempt: int, code: str, message: str, caplog: pytest.LogCaptureFixture
+) -> None:
     sink, rec = MemorySink(), Recorder()
     assert _sender(Poster(reply), sink, max_attempts=3).attempt(RESULT, URL, attempt, rec) is None
     assert rec.outcomes == ["failed"]
+    # operators grep the log for the code; the URL's query (a receiver's token) never shows
+    assert (
+        f"https://hooks.example/x?<redacted> failed for good after {attempt} attempts: {code}: {message}" in caplog.text
+    )
     ((result, url, error, attempts),) = sink.records.values()
     assert (result, url, attempts) == (RESULT, URL, attempt)
     assert (error.code, error.message) == (code, message)

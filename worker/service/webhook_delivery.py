@@ -62,15 +62,22 @@ class WebhookSender:
         countdown = self.retry.retry_in(error, attempt, max_attempts=self.max_attempts)
         if countdown is not None:
             log.warning(
-                "webhook to %s failed (%s); attempt %d, retrying in %.1fs",
+                "webhook to %s failed (%s: %s); attempt %d, retrying in %.1fs",
                 redact_url(url),
+                error.code.value,
                 error.message,
                 attempt,
                 countdown,
             )
             telemetry.webhook("retry")
             return countdown
-        log.error("webhook to %s failed for good after %d attempts: %s", redact_url(url), attempt, error.message)
+        log.error(
+            "webhook to %s failed for good after %d attempts: %s: %s",
+            redact_url(url),
+            attempt,
+            error.code.value,
+            error.message,
+        )
         self._give_up(result, url, error, attempt, telemetry)
         return None
 
