@@ -15,7 +15,7 @@ from typing import IO, Any
 
 from producers.contract import JobResult, Priority
 from producers.errors import ErrorCode, FakesakeError, PermanentError
-from producers.output import FORMATS, write_records
+from producers.output import FORMATS, record, write_records
 from producers.redaction import redact_url
 from producers.settings import ProducerSettings
 
@@ -25,32 +25,27 @@ _CHUNK = 10_000  # items validated and enqueued per round: bounded memory for hu
 
 
 def result_record(result: JobResult, source: str | None = None) -> dict[str, Any]:
-    """A result in ``scan``'s record shape (``source`` as the user gave it) plus job id, attempts, timings."""
-    return {
-        "source": source if source is not None else result.source,
-        "status": result.status.value,
-        "score": result.score,
-        "label": None if result.label is None else result.label.value,
-        "band": None if result.band is None else result.band.value,
-        "model": result.model,
-        "error": None if result.error is None else {"code": result.error.code, "message": result.error.message},
-        "job_id": result.job_id,
-        "attempts": result.attempts,
-        "timings": result.timings.model_dump(),
-    }
+    """A stored result as a record (``source`` as the user gave it) plus job id, attempts, timings and the S3
+    version and ETag that were scored."""
+    return record(
+        source if source is not None else result.source,
+        result.status.value,
+        score=result.score,
+        label=None if result.label is None else result.label.value,
+        band=None if result.band is None else result.band.value,
+        model=result.model,
+        error=None if result.error is None else (result.error.code, result.error.message),
+        job_id=result.job_id,
+        attempts=result.attempts,
+        timings=result.timings.model_dump(),
+        source_version=result.source_version,
+        etag=result.etag,
+    )
 
 
 def error_record(source: str, code: str, message: str, job_id: str | None = None) -> dict[str, Any]:
-    return {
-        "source": source,
-        "status": "error",
-        "score": None,
-        "label": None,
-        "band": None,
-        "model": None,
-        "error": {"code": code, "message": message},
-        "job_id": job_id,
-    }
+    """A source that never got a result (refused at submit, or unknown to the store)."""
+    return record(source, "error", error=(code, message), job_id=job_id)
 
 
 def _settings(args: argparse.Namespace) -> ProducerSettings:

@@ -22,6 +22,31 @@ COLUMNS = ("source", "status", "score", "label", "band", "model", "error.code", 
 _TABLE_COLUMNS = ("source", "status", "score", "label", "band", "model", "error", "job_id")
 
 
+def record(
+    source: str,
+    status: str,
+    *,
+    score: float | None = None,
+    label: str | None = None,
+    band: str | None = None,
+    model: str | None = None,
+    error: tuple[str, str] | None = None,
+    **extras: Any,
+) -> dict[str, Any]:
+    """The one per-image record shape: the standard columns in order, then ``extras`` (``error`` is
+    ``(code, message)``). ``scan`` outcomes, stored results and CLI errors are all built here."""
+    return {
+        "source": source,
+        "status": status,
+        "score": score,
+        "label": label,
+        "band": band,
+        "model": model,
+        "error": None if error is None else {"code": error[0], "message": error[1]},
+        **extras,
+    }
+
+
 def flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"error": {"code": "x"}}`` -> ``{"error.code": "x"}``; a None ``error`` gives empty code/message."""
     flat: dict[str, Any] = {}

@@ -20,8 +20,8 @@ from producers.contract import Status
 from producers.errors import ConfigError
 from tests.support.fetchers import MemoryFetcher
 from tests.support.images import corpus, encode, photo
-from worker.core import registry
 from tests.support.pipelines import make_pipeline
+from worker.core import registry
 from worker.core.pipeline import Outcome, Pipeline
 from worker.inference import process_pool as engine_pool
 from worker.inference.imaging import DecodePolicy

@@ -16,8 +16,8 @@ from producers.errors import ConfigError, ErrorCode, PermanentError, TransientEr
 from producers.s3 import s3_error
 from worker.fetch.http import parse_retry_after, resolve_checked
 from worker.fetch.policy import FetchPolicy
-from worker.service.builder import fetch_policy
 from worker.fetch.ssrf import check_url
+from worker.service.builder import fetch_policy
 from worker.service.settings import WorkerSettings
 
 POLICY = FetchPolicy()

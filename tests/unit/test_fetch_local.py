@@ -14,8 +14,8 @@ from worker.fetch.http import HttpFetcher
 from worker.fetch.local import LocalFetcher
 from worker.fetch.policy import FetchPolicy
 from worker.fetch.router import SourceRouter
-from worker.service.builder import fetcher as build_fetcher
 from worker.fetch.s3 import S3Fetcher
+from worker.service.builder import fetcher as build_fetcher
 from worker.service.settings import WorkerSettings
 
 ALLOWED = FetchPolicy(allow_local_files=True, max_bytes=1024)

@@ -9,14 +9,13 @@ import torch
 
 from producers.errors import ConfigError
 from tests.support.checkpoints import seeded_module, seeded_state, write_snapshot
-from tests.support.fetchers import MemoryFetcher
 from tests.support.images import photo
 from worker.core import registry
-from worker.service import builder
 from worker.inference.loader import LoadedDetector
 from worker.inference.onnx_classifier import OnnxClassifier
 from worker.inference.preprocess import to_tensor
 from worker.inference.torch_classifier import TorchClassifier, p_ai
+from worker.service import builder
 from worker.service.settings import WorkerSettings
 
 pytest.importorskip("onnxruntime")

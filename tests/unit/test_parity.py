@@ -21,8 +21,8 @@ from tests.support.card import CardPipeline
 from tests.support.checkpoints import seeded_state, small_stand_in, write_snapshot
 from tests.support.fetchers import FileFetcher
 from tests.support.images import corpus
-from worker.core import registry
 from tests.support.pipelines import make_pipeline, preparer
+from worker.core import registry
 from worker.core.pipeline import Pipeline
 from worker.core.registry import DetectorSpec
 from worker.inference.imaging import DecodePolicy

@@ -29,6 +29,7 @@ from worker.core.registry import Thresholds
 from worker.inference.imaging import DecodePolicy
 from worker.inference.preprocess import from_bytes
 from worker.service import builder
+from worker.service.scan import outcome_record
 from worker.service.settings import BatchSettings, ModelSettings, WorkerSettings
 
 SPEC = registry.get("ffs-mj-5m")
@@ -152,7 +153,7 @@ def test_empty_input() -> None:
 
 def test_ok_record_fields() -> None:
     [outcome] = _engine(MemoryFetcher(GOOD)).classify(["mem://png-rgb"])
-    record = json.loads(json.dumps(outcome.to_record()))
+    record = json.loads(json.dumps(outcome_record(outcome)))
     fields = {"source", "status", "score", "label", "band", "model", "error", "timings", "source_version", "etag"}
     assert set(record) == fields
     assert record["source_version"] is None and record["etag"] is None  # not an S3 object
@@ -164,7 +165,7 @@ def test_ok_record_fields() -> None:
 
 def test_error_record_fields() -> None:
     [outcome] = _engine(MemoryFetcher({})).classify(["mem://gone"])
-    record = json.loads(json.dumps(outcome.to_record()))
+    record = json.loads(json.dumps(outcome_record(outcome)))
     assert record["status"] == "error" and record["score"] is None and record["label"] is None
     assert record["error"] == {"code": "not-found", "message": "no such source: mem://gone"}
     assert record["model"] == "ffs-mj-5m@1.0" and "fetch_ms" not in record["timings"]

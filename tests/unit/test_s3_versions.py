@@ -16,6 +16,7 @@ from worker.core.batching import BatchPolicy
 from worker.core.pipeline import Pipeline, Preparer
 from worker.core.ports import Fetched
 from worker.service import builder
+from worker.service.scan import outcome_record
 from worker.service.settings import WorkerSettings
 
 SPEC = registry.get("ffs-mj-5m")
@@ -94,7 +95,7 @@ def test_scan_outcome_records_the_version_and_etag_read() -> None:
     finally:
         batcher.stop()
     assert outcome.status is Status.OK
-    record = outcome.to_record()
+    record = outcome_record(outcome)
     assert (record["source_version"], record["etag"]) == ("v7", "e7")
 
 
@@ -117,8 +118,8 @@ def test_records_with_versions_write_in_every_format(fmt: str) -> None:
     from worker.core.pipeline import Outcome
 
     records = [
-        Outcome("s3://b/k.jpg?versionId=v7", Status.OK, SPEC.ref, 0.9, source_version="v7", etag="e7").to_record(),
-        Outcome("photo.jpg", Status.OK, SPEC.ref, 0.1).to_record(),
+        outcome_record(Outcome("s3://b/k.jpg?versionId=v7", Status.OK, SPEC.ref, 0.9, source_version="v7", etag="e7")),
+        outcome_record(Outcome("photo.jpg", Status.OK, SPEC.ref, 0.1)),
     ]
     out = io.StringIO()
     assert write_records(records, fmt, out) == 2

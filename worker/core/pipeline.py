@@ -64,22 +64,6 @@ class Outcome:
     def ok(self) -> bool:
         return self.status is Status.OK
 
-    def to_record(self) -> dict[str, Any]:
-        """A JSON-able dict: one line of ``fakesake scan`` output. ``source_version`` and ``etag`` are always
-        present (null unless an S3 object was read), so every line and every CSV has the same columns."""
-        return {
-            "source": self.source,
-            "status": self.status.value,
-            "score": self.score,
-            "label": self.label.value if self.label else None,
-            "band": self.band.value if self.band else None,
-            "model": self.model,
-            "error": {"code": self.error.code, "message": self.error.message} if self.error else None,
-            "timings": self.timings.model_dump(exclude_none=True),
-            "source_version": self.source_version,
-            "etag": self.etag,
-        }
-
 
 class Preparer:
     """Fetch, decode and preprocess one source (the per-image half of the pipeline)."""

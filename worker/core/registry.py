@@ -1,7 +1,8 @@
 """Registry of detector specs: everything needed to build, load and call a detector, as data.
 
 Pure: no torch, no timm. The loader turns a spec into a module; the preprocessor turns a spec's
-:class:`Preprocessing` into tensors. Facts come from the FFS model repos on the Hugging Face hub (model cards, ``pipeline.py``).
+:class:`Preprocessing` into tensors. Facts come from the FFS model repos on the Hugging Face hub (model
+cards, ``pipeline.py``).
 """
 
 from __future__ import annotations

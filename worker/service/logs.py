@@ -80,4 +80,3 @@ def setup_logging(level: str | None = None, json_format: bool | None = None) -> 
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     # At DEBUG Celery's pool logs every task's full arguments: presigned URL signatures and callback URLs.
     logging.getLogger("celery.pool").setLevel(max(logging.INFO, root.level))
-

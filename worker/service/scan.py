@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from producers.enumerate import expand_s3
-from producers.output import write_records
+from producers.output import record, write_records
+from worker.core.pipeline import Outcome
 from worker.service.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,23 @@ def expand_inputs(inputs: Iterable[str], s3_client: Any = None) -> Iterator[str]
             yield item  # a file, or a path that does not exist: the fetcher reports not-found
 
 
+def outcome_record(outcome: Outcome) -> dict[str, Any]:
+    """One line of ``fakesake scan`` output. ``source_version`` and ``etag`` are always present (null unless an
+    S3 object was read), so every line and every CSV has the same columns."""
+    return record(
+        outcome.source,
+        outcome.status.value,
+        score=outcome.score,
+        label=outcome.label.value if outcome.label else None,
+        band=outcome.band.value if outcome.band else None,
+        model=outcome.model,
+        error=(outcome.error.code, outcome.error.message) if outcome.error else None,
+        timings=outcome.timings.model_dump(exclude_none=True),
+        source_version=outcome.source_version,
+        etag=outcome.etag,
+    )
+
+
 def _open_output(path: str | None) -> IO[str]:
     if path is None:
         return sys.stdout
@@ -101,7 +119,7 @@ def run_scan(args: argparse.Namespace) -> int:
                     total += 1
                     failed += outcome.status != "ok"
                     bar.update(1)
-                    yield outcome.to_record()
+                    yield outcome_record(outcome)
 
             write_records(records(), args.format, out)
     finally:
