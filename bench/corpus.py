@@ -139,11 +139,9 @@ def scan_rig(settings: Any, *, processes: bool = False) -> ScanRig:
     """``fakesake scan``'s path for ``settings`` (local files allowed): this process alone (a pipeline: prepare
     threads + one batching thread), or with ``processes`` the engine processes of ``batch.processes`` too.
 
-    Built like :func:`worker.service.builder.scanner`, step by step, because the sections need the
-    :class:`~worker.service.builder.LoadedModel` it loads and that function does not return it.
+    The model is loaded first, because the sections also time the :class:`~worker.service.builder.LoadedModel`
+    alone.
     """
     loaded = builder.load_model(settings)
-    fetcher = builder.fetcher(settings, allow_local_files=True, job_retries=False)
-    here = builder.pipeline(settings, fetcher, loaded)
-    pool = builder.engine_pool(settings, loaded.device.split(":")[0], loaded.spec.ref) if processes else None
-    return ScanRig(loaded, Scanner(here, pool, settings.batch.max_size), settings.batch.max_size)
+    scanner = builder.scanner(settings, loaded=loaded, processes=processes)
+    return ScanRig(loaded, scanner, settings.batch.max_size)

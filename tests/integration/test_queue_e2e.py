@@ -497,6 +497,7 @@ def test_tenant_rate_limit_holds_across_two_workers(
     producer = stack.producer("limited")
     data, _ = good_image(14)
     url = stack.http.add("/limited/a.jpg", Route(body=data))
+    submitted = time.time()  # no grant can precede the submission (same host clock as the workers')
     ids = producer.submit_many([url] * n)
     results = producer.wait(ids, timeout_s=60)
     assert len(results) == n and all(r.ok for r in results.values())
@@ -513,11 +514,13 @@ def test_tenant_rate_limit_holds_across_two_workers(
     )
     record_property("rate_limit_measured_per_s", round(measured, 3))
     record_property("rate_limit_span_s", round(span, 2))
-    # The limiter's promise is an upper bound; how close to the limit a busy machine gets is a bench figure.
-    assert span >= (n - 1) / rate * 0.95
-    # Grants are 1/rate apart; the start of processing adds scheduling jitter (a countdown fires a few ms
-    # late), which can move one more start into a window: rate + burst + 1.
-    assert busiest <= rate + 2, "no 1 s window admits more than rate + burst (+1 for start-time jitter)"
+    # The limiter's promise is an upper bound on grants. A job starts at or after its grant, and the first grant
+    # comes after the submission, so the last start is at least (n - 1 - burst) / rate after the submission,
+    # however late a busy machine runs the jobs. Start times may bunch (a countdown that fires late), so a
+    # per-window count of starts is reported, not asserted; how close to the limit a machine gets is a bench
+    # figure.
+    burst = 1
+    assert admitted[-1] - submitted >= (n - 1 - burst) / rate, "more than rate + burst grants were made"
     assert all(count > 0 for count in per_worker), "both workers took part"
 
 

@@ -227,12 +227,15 @@ def engine_pool(settings: WorkerSettings, device_type: str, model_ref: str) -> E
     return EnginePool(build, processes, chunk_size=settings.batch.max_size, model_ref=model_ref)
 
 
-def scanner(settings: WorkerSettings, client: Any = None) -> Scanner:
-    """What ``fakesake scan`` classifies with: local files allowed, engine processes per ``batch.processes``."""
-    loaded = load_model(settings)
+def scanner(
+    settings: WorkerSettings, client: Any = None, *, loaded: LoadedModel | None = None, processes: bool = True
+) -> Scanner:
+    """What ``fakesake scan`` classifies with: local files allowed, engine processes per ``batch.processes``
+    (``processes=False``: this process alone). ``loaded``: a model already loaded from these settings."""
+    loaded = loaded or load_model(settings)
     here = pipeline(settings, fetcher(settings, allow_local_files=True, client=client, job_retries=False), loaded)
-    device_type = loaded.device.split(":")[0]
-    return Scanner(here, engine_pool(settings, device_type, loaded.spec.ref), settings.batch.max_size)
+    pool = engine_pool(settings, loaded.device.split(":")[0], loaded.spec.ref) if processes else None
+    return Scanner(here, pool, settings.batch.max_size)
 
 
 # --- the worker -------------------------------------------------------------------------------------------
