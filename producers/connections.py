@@ -64,9 +64,21 @@ def celery_ssl_options(settings: RedisSettings) -> dict[str, Any] | None:
     return opts
 
 
+_UNAVAILABLE = (
+    redis.ConnectionError,  # includes BusyLoadingError: a restarted Redis still loading its AOF
+    redis.TimeoutError,
+    redis.ReadOnlyError,  # a replica answering during a failover
+    redis.OutOfMemoryError,  # maxmemory reached: writes fail until memory is freed
+    redis.exceptions.MasterDownError,
+    redis.exceptions.TryAgainError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
 def redis_unavailable(exc: BaseException) -> bool:
-    """Whether ``exc`` means Redis could not be reached or answered too late (worth a retry later)."""
-    return isinstance(exc, redis.ConnectionError | redis.TimeoutError | ConnectionError | TimeoutError)
+    """Whether ``exc`` means Redis cannot serve now but may later (worth a retry); other Redis errors are bugs."""
+    return isinstance(exc, _UNAVAILABLE)
 
 
 @contextlib.contextmanager

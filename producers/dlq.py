@@ -44,6 +44,7 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field
 
 from producers import wire
+from producers.connections import text
 from producers.contract import KEY_PREFIX, ErrorInfo, JobMessage, JobResult, Keys, Priority
 from producers.errors import ErrorCode, PermanentError
 from producers.redaction import redact_url
@@ -128,10 +129,6 @@ def _in_scope(record: _Scoped | None, tenant: str | None) -> bool:
     return record is not None and (tenant is None or record.tenant == tenant)
 
 
-def _text(value: Any) -> str | None:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 class DeadLetters:
     """The dead-letter queue on Redis (``client`` is a redis-py client): jobs, and webhooks of finished jobs."""
 
@@ -158,7 +155,7 @@ class DeadLetters:
             deliveries=deliveries,
             first_seen=first_seen or _now(),
             last_seen=last_seen or _now(),
-            redriven_from=_text(self.client.get(Keys.redriven_from(job.job_id))),
+            redriven_from=_optional_text(self.client.get(Keys.redriven_from(job.job_id))),
         )
         created = self._put(Keys.DLQ, Keys.DLQ_INDEX, record.job_id, record.dead_at, record.model_dump_json())
         if created:
@@ -345,3 +342,7 @@ class DeadLetters:
                 log.info("dead webhook of job %s to %s re-sent as task %s", job_id, record.callback_redacted, task_id)
                 return task_id
         raise redis.WatchError(f"dead webhook {job_id}: too much contention to re-send")
+
+
+def _optional_text(value: bytes | str | None) -> str | None:
+    return None if value is None else text(value)

@@ -148,3 +148,13 @@ def test_metrics_health_and_settings_doc_do_not_import_torch() -> None:
         "sys.exit(1 if 'torch' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False, timeout=60).returncode == 0
+
+
+def test_telemetry_records_each_batch_with_its_queue_delay() -> None:
+    from worker.service.telemetry import Telemetry
+
+    m = Metrics()
+    Telemetry(m, None).observe_batch(4, 0.25, 0.1)
+    assert _value(m, "fakesake_batch_size_sum") == 4
+    assert _value(m, "fakesake_batch_queue_delay_seconds_sum") == 0.25
+    assert _value(m, "fakesake_inference_seconds_sum") == 0.1

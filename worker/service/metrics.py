@@ -167,6 +167,13 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.batch_queue_delay_seconds = Histogram(
+            "batch_queue_delay_seconds",
+            "How long the oldest input of a batch waited for its batch to start (batch.max_wait_ms at work)",
+            namespace=NAMESPACE,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.inflight_jobs = Gauge(
             "inflight_jobs",
             "Jobs this process has started and not yet finished",

@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from producers.connections import redis_unavailable
 from producers.contract import JobMessage, JobResult
 from producers.errors import ErrorCode, FakesakeError, TransientError
 from producers.settings import ENV_PREFIX
@@ -91,14 +92,14 @@ class WorkerRuntime:
 
     def process(self, job: JobMessage, lane: str | None = None, reserved: frozenset[str] = frozenset()) -> Decision:
         """Run one job; store errors surface as TransientError(UNAVAILABLE) for the adapter to requeue."""
-        with self.telemetry.job(lane):
+        with self.telemetry.job():
             try:
                 # The processing-start ledger touch is part of processor.process (counters.open_deliveries).
                 decision = self.processor.process(job, reserved)
             except FakesakeError:
                 raise
             except Exception as exc:
-                if _is_redis_error(exc):  # Redis down while reading/writing counters or results
+                if redis_unavailable(exc):  # Redis down while reading/writing counters or results
                     raise TransientError(ErrorCode.UNAVAILABLE, f"result store unavailable: {exc}") from exc
                 # A bug outside the per-image path: answer the job as `internal` rather than let Celery
                 # ack a failed task with no result anywhere.
@@ -125,12 +126,6 @@ class WorkerRuntime:
             self.touch.stop()
         self.batcher.stop()
         self.telemetry.stop()
-
-
-def _is_redis_error(exc: BaseException) -> bool:
-    import redis
-
-    return isinstance(exc, redis.RedisError | ConnectionError | TimeoutError)
 
 
 def ping_redis(client: Any, url: str) -> None:

@@ -136,10 +136,11 @@ class Telemetry:
 
     def observe_batch(self, size: int, oldest_wait_s: float, inference_s: float) -> None:
         self.metrics.batch_size.observe(size)
+        self.metrics.batch_queue_delay_seconds.observe(oldest_wait_s)
         self.metrics.inference_seconds.observe(inference_s)
 
     @contextlib.contextmanager
-    def job(self, lane: str | None) -> Iterator[None]:
+    def job(self) -> Iterator[None]:
         self.metrics.inflight_jobs.inc()
         try:
             yield

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from producers.connections import text
 from producers.contract import Keys
 
 # KEYS[1] = bucket. ARGV = emission interval (s per job), burst, max_wait (s). Returns "r<wait>" when a slot
@@ -65,5 +66,5 @@ class RedisRateLimiter:
         if burst < 1:
             raise ValueError(f"burst must be >= 1, got {burst}")
         reply = self._gcra(keys=[Keys.rate(scope, name)], args=[f"{1.0 / rate_per_s:.9f}", burst, f"{max_wait_s:.6f}"])
-        text = reply.decode() if isinstance(reply, bytes) else str(reply)
-        return float(text[1:]), text[0] == "r"
+        answer = text(reply)
+        return float(answer[1:]), answer[0] == "r"
