@@ -32,10 +32,14 @@ from worker.service.settings import WorkerSettings
 
 if TYPE_CHECKING:
     from worker.core.ports import Classifier, Fetcher
+    from worker.inference.imaging import DecodePolicy
     from worker.inference.process_pool import EnginePool
     from worker.service.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
+
+WrapFetcher = Callable[["Fetcher"], "Fetcher"]
+"""Wraps a fetcher, e.g. to perturb the bytes it returns; picklable when engine processes use it."""
 
 # A scan's batch closes when it is full or when its pipeline flushes (every source in the window prepared); the
 # deadline only bounds the wait behind a slow fetch, so it can be long. Workers use batch.max_wait_ms.
@@ -139,11 +143,22 @@ def usable_cores() -> int:
     return cores()
 
 
+def decode_policy(settings: WorkerSettings, spec: DetectorSpec) -> DecodePolicy:
+    """How this process decodes images for ``spec`` (byte and pixel caps, preprocessing mode)."""
+    from worker.inference.imaging import DecodePolicy
+
+    return DecodePolicy(
+        max_pixels=settings.fetch.max_pixels,
+        max_bytes=settings.fetch.max_bytes,
+        mode=settings.model.preprocess,
+        target_px=spec.preprocessing.size_px,
+    )
+
+
 def load_model(settings: WorkerSettings, *, s3_client_factory: Callable[[], Any] | None = None) -> LoadedModel:
     """Load the configured detector on the configured backend (ConfigError if unusable)."""
     import torch
 
-    from worker.inference.imaging import DecodePolicy
     from worker.inference.loader import load_detector
     from worker.inference.preprocess import from_bytes
     from worker.inference.torch_classifier import TorchClassifier
@@ -160,12 +175,7 @@ def load_model(settings: WorkerSettings, *, s3_client_factory: Callable[[], Any]
         device=model.device,
         s3_client_factory=s3_client_factory or partial(make_s3_client, settings.s3),
     )
-    policy = DecodePolicy(
-        max_pixels=settings.fetch.max_pixels,
-        max_bytes=settings.fetch.max_bytes,
-        mode=model.preprocess,
-        target_px=spec.preprocessing.size_px,
-    )
+    policy = decode_policy(settings, spec)
     classifier: Classifier
     backend = model.backend
     if backend == "auto":
@@ -202,8 +212,11 @@ def pipeline(settings: WorkerSettings, source_fetcher: Fetcher, loaded: LoadedMo
     )
 
 
-def child_pipeline(settings: WorkerSettings, log_level: int = logging.WARNING) -> Pipeline:
-    """The pipeline of one engine process: one model thread, one prepare thread, its own fetcher."""
+def child_pipeline(
+    settings: WorkerSettings, log_level: int = logging.WARNING, wrap_fetcher: WrapFetcher | None = None
+) -> Pipeline:
+    """The pipeline of one engine process: one model thread, one prepare thread, its own fetcher (wrapped by
+    ``wrap_fetcher`` when given)."""
     from worker.service.logs import setup_logging
 
     setup_logging(logging.getLevelName(log_level), settings.log.json_format)
@@ -212,10 +225,13 @@ def child_pipeline(settings: WorkerSettings, log_level: int = logging.WARNING) -
     model = settings.model.model_copy(update={"threads": settings.model.threads or 1})
     batch = settings.batch.model_copy(update={"prepare_threads": 1, "processes": 1})
     child = settings.model_copy(update={"model": model, "batch": batch})
-    return pipeline(child, fetcher(child, allow_local_files=True, job_retries=False))
+    source_fetcher: Fetcher = fetcher(child, allow_local_files=True, job_retries=False)
+    return pipeline(child, wrap_fetcher(source_fetcher) if wrap_fetcher else source_fetcher)
 
 
-def engine_pool(settings: WorkerSettings, device_type: str, model_ref: str) -> EnginePool | None:
+def engine_pool(
+    settings: WorkerSettings, device_type: str, model_ref: str, wrap_fetcher: WrapFetcher | None = None
+) -> EnginePool | None:
     """Engine processes for a scan (``batch.processes``), or None for this process alone."""
     from worker.inference.process_pool import EnginePool, resolve_processes
 
@@ -223,18 +239,26 @@ def engine_pool(settings: WorkerSettings, device_type: str, model_ref: str) -> E
     if processes <= 1:
         return None
     log.info("classify runs on %d engine processes (batch.processes=%d)", processes, settings.batch.processes)
-    build = partial(child_pipeline, settings, logging.getLogger().getEffectiveLevel())
+    build = partial(child_pipeline, settings, logging.getLogger().getEffectiveLevel(), wrap_fetcher)
     return EnginePool(build, processes, chunk_size=settings.batch.max_size, model_ref=model_ref)
 
 
 def scanner(
-    settings: WorkerSettings, client: Any = None, *, loaded: LoadedModel | None = None, processes: bool = True
+    settings: WorkerSettings,
+    client: Any = None,
+    *,
+    loaded: LoadedModel | None = None,
+    processes: bool = True,
+    wrap_fetcher: WrapFetcher | None = None,
 ) -> Scanner:
     """What ``fakesake scan`` classifies with: local files allowed, engine processes per ``batch.processes``
-    (``processes=False``: this process alone). ``loaded``: a model already loaded from these settings."""
+    (``processes=False``: this process alone). ``loaded``: a model already loaded from these settings.
+    ``wrap_fetcher`` (picklable) wraps every fetcher, here and in engine processes (``fakesake eval``'s
+    perturbations re-encode the fetched bytes this way)."""
     loaded = loaded or load_model(settings)
-    here = pipeline(settings, fetcher(settings, allow_local_files=True, client=client, job_retries=False), loaded)
-    pool = engine_pool(settings, loaded.device.split(":")[0], loaded.spec.ref) if processes else None
+    source_fetcher: Fetcher = fetcher(settings, allow_local_files=True, client=client, job_retries=False)
+    here = pipeline(settings, wrap_fetcher(source_fetcher) if wrap_fetcher else source_fetcher, loaded)
+    pool = engine_pool(settings, loaded.device.split(":")[0], loaded.spec.ref, wrap_fetcher) if processes else None
     return Scanner(here, pool, settings.batch.max_size)
 
 

@@ -50,6 +50,49 @@ def _run_scan(args: argparse.Namespace) -> int:
     return run_scan(args)
 
 
+def _add_eval(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="score labelled images with the scan pipeline and report accuracy (AUC, TPR at FPR, plots)",
+        description="Score labelled images exactly as `fakesake scan` does and write DIR/scores.jsonl, "
+        "DIR/report.json, DIR/report.md and PNG plots. Exit 0 when every input was scored, 3 when some failed.",
+    )
+    src = "file, directory (recursive), http(s):// URL or s3://bucket/prefix"
+    p.add_argument("--real", nargs="+", action="extend", metavar="SRC", help=f"human-made images: {src}")
+    p.add_argument("--ai", nargs="+", action="extend", metavar="SRC", help=f"AI-generated images: {src}")
+    p.add_argument(
+        "--dataset", action="append", metavar="NAME=SRC:ai|human", help="a single-class dataset (one table row)"
+    )
+    p.add_argument("--manifest", action="append", metavar="FILE", help="CSV or JSONL rows of source,label[,dataset]")
+    p.add_argument(
+        "--perturb",
+        action="append",
+        metavar="KIND:V[,V]",
+        help="also score re-encoded copies: jpeg:95,75,50 (quality), resize:0.5 (factor), crop:0.9 (centre fraction)",
+    )
+    p.add_argument("--from-scores", metavar="FILE", help="re-report a scores.jsonl without scoring again")
+    p.add_argument("--output", "-o", required=True, metavar="DIR", help="where the scores, report and plots go")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (no matplotlib needed)")
+    p.add_argument("--model", help="detector name (see `fakesake models`); env FAKESAKE_MODEL__NAME")
+    p.add_argument(
+        "--weights", help="weights file, snapshot dir, hf-hub:REPO[@REV] or s3://; env FAKESAKE_MODEL__WEIGHTS"
+    )
+    p.add_argument("--device", help="auto|cpu|cuda|cuda:N")
+    p.add_argument("--preprocess", choices=["exact", "fast"], help="exact (default) matches the reference pipeline")
+    p.add_argument("--batch-size", type=int, help="largest inference batch")
+    p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint; env FAKESAKE_S3__ENDPOINT_URL")
+    p.add_argument("--allow-private", help="CIDRs reachable despite SSRF protection; env FAKESAKE_FETCH__ALLOW_PRIVATE")
+    p.set_defaults(run=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from worker.service.evaluate import run_eval
+
+    return run_eval(args)
+
+
 WORKER_HELP = """\
 usage: fakesake worker [CELERY WORKER OPTIONS]
 
@@ -117,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (env FAKESAKE_LOG__LEVEL)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_scan(sub)
+    _add_eval(sub)
     _add_worker(sub)
     _add_models(sub)
     from producers import cli as producer_cli
