@@ -90,7 +90,7 @@ def test_redis_restart_with_aof(rig: Rig) -> None:
         check(rec, rig.client, accepted, figures)
         assert ready
         for name, worker in rig.workers.items():  # every consumer loop runs again, not just one of them
-            tick = worker.service.health().get("consumer_tick_at")
+            tick = worker.health().get("consumer_tick_at")
             assert tick is not None and tick > outage["up_wall"], f"{name}: consumer loop stopped at {tick}"
 
 
