@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from producers.connections import text
 from producers.contract import ALL_QUEUES, KEY_PREFIX, Keys
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ class RedisDepthCollector(Collector):
                 pipe.llen(queue)
             pipe.type(self._dlq_key)
             *lengths, dlq_type = pipe.execute()
-            dlq_type = dlq_type.decode() if isinstance(dlq_type, bytes) else str(dlq_type)
+            dlq_type = text(dlq_type)
             command = self._SIZE_COMMAND.get(dlq_type)
             dlq_size = int(getattr(self._client, command)(self._dlq_key)) if command else 0
         except Exception as exc:  # any client error: report it as a gauge, never break /metrics
