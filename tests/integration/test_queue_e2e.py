@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -27,9 +27,10 @@ from producers.client import QueueFullError
 from producers.contract import JobResult, Keys, Priority, Status
 from producers.dlq import DeadLetters
 from producers.errors import ErrorCode
-from producers.webhook import SIGNATURE_HEADER, verify
+from producers.webhook import verify
 from tests.integration.conftest import WEBHOOK_SECRET, Stack, new_stack, start_workers
 from tests.support.images import encode, hostile, photo
+from tests.support.receivers import Receiver, eventually, reply
 from tests.support.servers import HttpServer, RedisServer, Route, S3Server
 from tests.support.workers import REPO_ROOT, WorkerProcess
 
@@ -39,22 +40,6 @@ Property = Callable[[str, object], None]
 
 
 # --- helpers ------------------------------------------------------------------------------------------
-
-
-def eventually(check: Callable[[], bool], timeout_s: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.05)
-
-
-def reply(req: BaseHTTPRequestHandler, status: int, body: bytes = b"", content_type: str = "image/jpeg") -> None:
-    req.send_response(status)
-    req.send_header("Content-Type", content_type)
-    req.send_header("Content-Length", str(len(body)))
-    req.end_headers()
-    req.wfile.write(body)
 
 
 def flaky(body: bytes, failures: int) -> Callable[[BaseHTTPRequestHandler], None]:
@@ -72,22 +57,6 @@ def flaky(body: bytes, failures: int) -> Callable[[BaseHTTPRequestHandler], None
             reply(req, 200, body)
 
     return handle
-
-
-@dataclass
-class Receiver:
-    """A webhook receiver: records each POST (signature header, raw body) and answers ``statuses`` in turn."""
-
-    statuses: list[int]
-    calls: list[tuple[str, bytes]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def __call__(self, req: BaseHTTPRequestHandler) -> None:
-        body = req.rfile.read(int(req.headers.get("Content-Length", "0")))
-        with self.lock:
-            self.calls.append((req.headers.get(SIGNATURE_HEADER, ""), body))
-            status = self.statuses[min(len(self.calls), len(self.statuses)) - 1]
-        reply(req, status, b"", "text/plain")
 
 
 def result_keys(stack: Stack, tenant: str) -> list[bytes]:
