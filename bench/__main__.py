@@ -19,7 +19,15 @@ log = logging.getLogger("bench")
 
 def _sections() -> dict[str, Callable[[Context], list[Row]]]:
     # Imported here so that `python -m bench --help` needs no torch.
-    from bench import engine_section, gpu, knobs, producer_section, queue_section
+    from bench import (
+        engine_section,
+        eval_section,
+        evidence_section,
+        gpu,
+        knobs,
+        producer_section,
+        queue_section,
+    )
 
     return {
         "engine": engine_section.run,
@@ -28,10 +36,12 @@ def _sections() -> dict[str, Callable[[Context], list[Row]]]:
         "producer": producer_section.run,
         "knobs": knobs.run,
         "gpu": gpu.run,
+        "evidence": evidence_section.run,
+        "eval": eval_section.run,
     }
 
 
-SECTION_NAMES = ("engine", "queue", "latency", "producer", "knobs", "gpu")
+SECTION_NAMES = ("engine", "queue", "latency", "producer", "knobs", "gpu", "evidence", "eval")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

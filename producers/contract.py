@@ -239,6 +239,10 @@ class Verdict(BaseModel):
     label: Label | None = Field(description="The band's verdict: ai or human; None in the uncertain band")
     band: Band
     model: str = Field(description="name@version of the detector")
+    raw_score: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="The model's own P(AI) when a calibration mapped it to score"
+    )
+    calibration: str | None = Field(default=None, description="id of the calibration that mapped the score")
 
 
 class JobResult(BaseModel):
@@ -261,6 +265,10 @@ class JobResult(BaseModel):
     evidence: dict[str, Any] = Field(default_factory=dict)
     source_version: str | None = Field(default=None, description="S3 version id of the object that was scored")
     etag: str | None = Field(default=None, description="S3 ETag (unquoted) of the object that was scored")
+    raw_score: float | None = Field(
+        default=None, description="The model's own P(AI) when a calibration mapped it to score (null without)"
+    )
+    calibration: str | None = Field(default=None, description="id of the calibration that produced score")
     finished_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
     @property

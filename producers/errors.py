@@ -25,10 +25,16 @@ class ErrorCode(StrEnum):
     TOO_MANY_PIXELS = "too-many-pixels"
     FORBIDDEN_ADDRESS = "forbidden-address"
     FORBIDDEN = "forbidden"
+    UNAUTHORIZED = "unauthorized"  # the HTTP API: no API key, an unknown one, or a revoked one
     INVALID_SOURCE = "invalid-source"
     INVALID_JOB = "invalid-job"
     UNKNOWN_MODEL = "unknown-model"
     POISON = "poison"
+    # Evidence entries only: the image is still classified, one metadata signal could not be read
+    METADATA_UNREADABLE = "metadata-unreadable"
+    METADATA_TOO_LARGE = "metadata-too-large"
+    METADATA_UNSAFE = "metadata-unsafe"  # XML with a DTD or entities: refused, never expanded
+    REMOTE_MANIFEST = "remote-manifest"  # a C2PA manifest kept at a URL: never fetched
     # Conditions of the moment (transient)
     FETCH_FAILED = "fetch-failed"
     TIMEOUT = "timeout"

@@ -27,7 +27,12 @@ log = logging.getLogger(__name__)
 #: prefix (one Compose env file serves api, producer and worker) but producers never import the worker: this
 #: is how a producer tells the worker's ``FAKESAKE_MODEL__...`` from a typo. It skips those names and the
 #: worker, which knows both classes, checks them in full. A unit test keeps this equal to WorkerSettings' fields.
-WORKER_GROUPS = frozenset({"model", "batch", "fetch", "retry", "rate_limit", "ledger", "results", "log", "metrics"})
+WORKER_GROUPS = frozenset(
+    {"model", "batch", "fetch", "retry", "rate_limit", "ledger", "results", "evidence", "log", "metrics"}
+)
+#: Top-level settings read by the HTTP API's class only (``api.settings.ApiSettings``), skipped in the same way by
+#: producers and workers.
+API_GROUPS = frozenset({"api"})
 
 
 class RedisSettings(BaseModel):
@@ -101,7 +106,7 @@ class ProducerSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _report_unknown_env(self) -> ProducerSettings:
-        warn_unknown_settings(env_names(ProducerSettings), foreign_groups=WORKER_GROUPS)
+        warn_unknown_settings(env_names(ProducerSettings), foreign_groups=WORKER_GROUPS | API_GROUPS)
         return self
 
 

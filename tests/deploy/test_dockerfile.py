@@ -23,7 +23,7 @@ from tests.deploy.support import (
     stage_chain,
 )
 
-TARGETS = ("worker-cuda", "worker-cpu", "producer")
+TARGETS = ("worker-cuda", "worker-cpu", "producer", "api")
 WORKERS = ("worker-cuda", "worker-cpu")
 
 

@@ -78,7 +78,7 @@ def test_kustomization_lists_every_manifest() -> None:
     listed = set(kust["resources"])
     optional = {"servicemonitor.yaml"}  # needs the Prometheus Operator CRDs
     assert listed == {p.name for p in _manifest_files()} - optional
-    assert {i["name"] for i in kust["images"]} == {f"fakesake/{t}" for t in WORKERS.values()}
+    assert {i["name"] for i in kust["images"]} == {f"fakesake/{t}" for t in (*WORKERS.values(), "api")}
     assert all(i["newTag"] == project_version() for i in kust["images"])
 
 

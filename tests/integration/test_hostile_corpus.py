@@ -34,6 +34,7 @@ from producers.settings import ProducerSettings, RedisSettings
 from tests.support import images as im
 from tests.support.canaries import CANARY_HOSTS, SERVER_HOST, Site, site
 from tests.support.checkpoints import seeded_state, write_snapshot
+from tests.support.evidence import hostile_metadata
 from tests.support.servers import RedisServer, Route, S3Server, drip, raw, redirect
 from tests.support.workers import WorkerProcess, running_worker, worker_env
 from worker.core import registry
@@ -88,6 +89,7 @@ _PDF = b"%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >
 _JPEG = im.encode(im.photo(256, 192, 1), "JPEG", quality=90)
 _PNG = im.encode(im.photo(256, 192, 2), "PNG")
 _GOOD = {c.name: c.data for c in im.corpus(seed=4)}
+METADATA = hostile_metadata()
 
 
 def _png_49mpx() -> bytes:
@@ -138,6 +140,8 @@ BYTES_CASES = [
     served("giant-png-81mpx-tiny", ErrorCode.TOO_MANY_PIXELS, lambda: im.png_header_only(9_000, 9_000)),
     served("giant-bmp-header", ErrorCode.TOO_MANY_PIXELS, lambda: im.with_dimensions(_GOOD["bmp-rgb"], 30_000, 30_000)),
     served("png-49mpx-under-cap", OK, _png_49mpx),
+    # Hostile metadata on good pictures: classified, with a coded evidence entry (test_hostile_metadata_is_coded)
+    *(served(f"metadata-{name}", OK, make) for name, (make, _) in METADATA.items()),
     served("png-16bit-grey", OK, lambda: _GOOD["png-16bit-grey"]),
     served("png-16bit-rgb", OK, lambda: im.png_rgb16(90, 60, 5)),
     served("jpeg-cmyk", OK, lambda: _GOOD["jpeg-cmyk"]),
@@ -330,6 +334,15 @@ def test_hostile_input_gets_its_code(run: CorpusRun, case: Case) -> None:
     if case.expected == FORBIDDEN:
         # The address check's own words: the refusal came from the policy, not from a failed connect.
         assert "not allowed" in result.error.message, result.error.message
+
+
+@pytest.mark.parametrize("name", list(METADATA))
+def test_hostile_metadata_is_coded(run: CorpusRun, name: str) -> None:
+    result = run.results[f"metadata-{name}"]
+    code = METADATA[name][1]
+    assert result.ok and result.evidence["decided_by"] == "model", result
+    codes = {e.get("error") for e in result.evidence["provenance"]}
+    assert code in codes if code else not result.evidence["provenance"], result.evidence
 
 
 def test_forbidden_targets_were_never_contacted(run: CorpusRun) -> None:

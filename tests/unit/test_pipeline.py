@@ -155,7 +155,7 @@ def test_ok_record_fields() -> None:
     [outcome] = _engine(MemoryFetcher(GOOD)).classify(["mem://png-rgb"])
     record = json.loads(json.dumps(outcome_record(outcome)))
     fields = {"source", "status", "score", "label", "band", "model", "error", "timings", "source_version", "etag"}
-    assert set(record) == fields
+    assert set(record) == fields | {"evidence"}
     assert record["source_version"] is None and record["etag"] is None  # not an S3 object
     assert record["status"] == "ok" and record["model"] == "ffs-mj-5m@1.0" and record["error"] is None
     assert 0.0 <= record["score"] <= 1.0

@@ -63,7 +63,8 @@ def test_documented_names_are_the_ones_the_classes_read(
         ("FAKESAKE_BATCH__MAX_SIZE", "| int (≥ 1, ≤ 1024) | `16` |"),
         ("FAKESAKE_FETCH__ALLOWED_PORTS", "| int list (comma-separated) | `80,443` |"),
         ("FAKESAKE_FETCH__ALLOW_LOCAL_FILES", "| bool | `false` |"),
-        ("FAKESAKE_REDIS__URL", "| worker, producer |"),
+        ("FAKESAKE_REDIS__URL", "| worker, producer, api |"),
+        ("FAKESAKE_API__PORT", "| api | int (≥ 1, ≤ 65535) | `8080` |"),
     ],
 )
 def test_rows_render_type_default_and_users(env: str, fragment: str) -> None:

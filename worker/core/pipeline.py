@@ -21,6 +21,8 @@ from typing import Any, Protocol
 from producers.contract import Band, ErrorInfo, Label, Status, Timings
 from producers.errors import FakesakeError, as_fakesake_error
 from worker.core.batcher import Batcher
+from worker.core.calibration import Calibration
+from worker.core.evidence import Entry, Inspect, failed, fuse
 from worker.core.ports import Fetcher
 from worker.core.registry import DetectorSpec, Thresholds
 from worker.core.verdict import verdict
@@ -43,6 +45,7 @@ class Prepared:
     fetch_ms: float
     decode_ms: float  # decode + preprocess
     source_meta: dict[str, Any] = field(default_factory=dict)
+    evidence: list[Entry] | None = None  # provenance entries read from the fetched bytes (None: not inspected)
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,9 @@ class Outcome:
     timings: Timings = field(default_factory=Timings)
     source_version: str | None = None  # what was read: the S3 version id and ETag, when the fetch knew them
     etag: str | None = None
+    raw_score: float | None = None  # the model's own score, when a calibration mapped it to ``score``
+    calibration: str | None = None  # the calibration's id; set on every outcome of a calibrated pipeline
+    evidence: dict[str, Any] = field(default_factory=dict)  # ok outcomes: worker.core.evidence.summarise's shape
 
     @property
     def ok(self) -> bool:
@@ -68,9 +74,11 @@ class Outcome:
 class Preparer:
     """Fetch, decode and preprocess one source (the per-image half of the pipeline)."""
 
-    def __init__(self, fetcher: Fetcher, decode: Decode) -> None:
+    def __init__(self, fetcher: Fetcher, decode: Decode, inspect: Inspect | None = None) -> None:
+        """``inspect`` reads provenance from the same fetched bytes (never a second fetch)."""
         self.fetcher = fetcher
         self.decode = decode
+        self.inspect = inspect
 
     def prepare(self, source: str, version: str | None = None, spent: dict[str, float] | None = None) -> Prepared:
         """Raises FakesakeError with a code. ``spent`` receives stage timings as they complete, so a caller
@@ -82,7 +90,18 @@ class Preparer:
         start = time.perf_counter()
         tensor = self.decode(fetched.data)
         spent["decode_ms"] = _ms(start)
-        return Prepared(tensor, spent["fetch_ms"], spent["decode_ms"], dict(fetched.meta))
+        evidence = self._evidence(fetched.data) if self.inspect is not None else None
+        return Prepared(tensor, spent["fetch_ms"], spent["decode_ms"], dict(fetched.meta), evidence)
+
+    def _evidence(self, data: bytes) -> list[Entry]:
+        """Inspection runs after a successful decode (a bad image fails first, as before) and can never fail the
+        image: a reader that raises is reported as one ``internal`` entry."""
+        assert self.inspect is not None
+        try:
+            return self.inspect(data)
+        except Exception as exc:
+            log.exception("evidence reader failed")
+            return [failed("metadata", "internal", f"{type(exc).__name__}: {exc}")]
 
 
 @dataclass
@@ -95,6 +114,7 @@ class _InFlight:
     error: FakesakeError | None = None
     spent: dict[str, float] = field(default_factory=dict)  # stage timings, kept when a later stage fails
     source_meta: dict[str, Any] = field(default_factory=dict)
+    evidence: list[Entry] | None = None
 
 
 class Pipeline:
@@ -109,8 +129,10 @@ class Pipeline:
         window: int = 32,
         prepare_threads: int = 2,
         thresholds: Thresholds | None = None,
+        calibration: Calibration | None = None,
     ) -> None:
-        """``window``: sources prepared ahead of the one being reported (two batches keep the model busy)."""
+        """``window``: sources prepared ahead of the one being reported (two batches keep the model busy).
+        ``calibration``: maps every score (its thresholds replace ``thresholds``)."""
         if window < 1 or prepare_threads < 1:
             raise ValueError("window and prepare_threads must be >= 1")
         self.spec = spec
@@ -119,11 +141,13 @@ class Pipeline:
         self.window = window
         self.prepare_threads = prepare_threads
         self.thresholds = thresholds or spec.thresholds
+        self.calibration = calibration
 
     def _start(self, item: _InFlight) -> _InFlight:
         try:
             prepared = self.preparer.prepare(item.source, None, item.spent)
             item.source_meta = prepared.source_meta
+            item.evidence = prepared.evidence
             submitted = time.perf_counter()
             item.score = self.batcher.submit(prepared.tensor)
             # queue wait + the batch's forward pass, as the worker reports it
@@ -189,8 +213,12 @@ class Pipeline:
         if error is not None or score is None:
             err = error or as_fakesake_error(RuntimeError("no score"))
             info = ErrorInfo(code=err.code.value, message=err.message, retryable=err.retryable)
-            return Outcome(item.source, Status.ERROR, self.spec.ref, error=info, timings=timings)
-        v = verdict(score, self.spec, self.thresholds)
+            calibration_id = self.calibration.id if self.calibration is not None else None
+            return Outcome(
+                item.source, Status.ERROR, self.spec.ref, error=info, timings=timings, calibration=calibration_id
+            )
+        v = verdict(score, self.spec, self.thresholds, self.calibration)
+        v, evidence = fuse(v, item.evidence)
         meta = item.source_meta
         return Outcome(
             item.source,
@@ -202,6 +230,9 @@ class Pipeline:
             timings=timings,
             source_version=meta.get("version_id"),
             etag=meta.get("etag"),
+            raw_score=v.raw_score,
+            calibration=v.calibration,
+            evidence=evidence,
         )
 
 

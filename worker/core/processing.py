@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 from producers.contract import ErrorInfo, JobMessage, JobResult, Status, Timings
 from producers.errors import ErrorCode, FakesakeError, PermanentError, TransientError, as_fakesake_error
 from producers.redaction import redact_url as redact
+from worker.core.calibration import Calibrations
+from worker.core.evidence import fuse
 from worker.core.ports import RateLimiter, ResultStore
 from worker.core.registry import DetectorSpec, Thresholds
 from worker.core.retry import RetryPolicy
@@ -142,6 +144,7 @@ class JobProcessor:
     inference_timeout_s: float = 300.0
     clock: Callable[[], float] = time.monotonic
     isolation: IsolationGate = field(default_factory=lambda: IsolationGate())
+    calibrations: Calibrations = field(default_factory=Calibrations)  # the job's tenant picks its own, if any
 
     def process(self, job: JobMessage, reserved: frozenset[str] = frozenset()) -> Decision:
         """Decide one delivery of ``job``; ``reserved`` names the rate limits whose slot it already holds."""
@@ -228,7 +231,8 @@ class JobProcessor:
                 return RetryLater(countdown, err)
             return self._fail(job, err, started, attempts=attempt, deliveries=deliveries)
 
-        v = verdict(score, self.spec, self.thresholds)
+        v = verdict(score, self.spec, self.thresholds, self.calibrations.for_tenant(job.tenant))
+        v, evidence = fuse(v, getattr(prepared, "evidence", None))  # provenance may raise the band to ai
         meta = getattr(prepared, "source_meta", None) or {}  # what was read, so a reader can tell which bytes
         total_ms = (self.clock() - started) * 1000
         timings = Timings(
@@ -249,9 +253,11 @@ class JobProcessor:
             model=v.model,
             attempts=attempt,
             timings=timings,
-            evidence=dict(getattr(prepared, "evidence", None) or {}),
+            evidence=evidence,
             source_version=meta.get("version_id"),
             etag=meta.get("etag"),
+            raw_score=v.raw_score,
+            calibration=v.calibration,
         )
         return Finished(self.store.put_final(result))
 

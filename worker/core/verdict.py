@@ -5,11 +5,15 @@ One story for both fields: the ``band`` is the verdict with room to abstain (``h
 one — ``ai`` exactly when the band is ``ai``, ``human`` exactly when it is ``human`` — and ``None`` (JSON
 ``null``) in the uncertain band. A record therefore never says ``label: ai`` next to ``band: uncertain``. Callers
 that want a forced binary call use ``score`` against a threshold of their own choosing.
+
+Under a :class:`~worker.core.calibration.Calibration` the story is the same on the calibrated scale: ``score``
+is the calibrated P(AI), banded by the calibration's own thresholds; ``raw_score`` keeps the model's output.
 """
 
 from __future__ import annotations
 
 from producers.contract import Band, Label, Verdict
+from worker.core.calibration import Calibration
 from worker.core.registry import DetectorSpec, Thresholds
 
 
@@ -29,7 +33,21 @@ def label_of(band: Band) -> Label | None:
     return _LABEL_OF_BAND[band]
 
 
-def verdict(score: float, spec: DetectorSpec, thresholds: Thresholds | None = None) -> Verdict:
-    """The verdict for one score under the spec's (or overriding) thresholds."""
+def verdict(
+    score: float, spec: DetectorSpec, thresholds: Thresholds | None = None, calibration: Calibration | None = None
+) -> Verdict:
+    """The verdict for one score under the spec's (or overriding) thresholds; with a ``calibration``, the
+    calibrated score under the calibration's thresholds."""
+    if calibration is not None:
+        calibrated = calibration.apply(score)
+        band = band_of(calibrated, calibration.thresholds)
+        return Verdict(
+            score=calibrated,
+            label=label_of(band),
+            band=band,
+            model=spec.ref,
+            raw_score=score,
+            calibration=calibration.id,
+        )
     band = band_of(score, thresholds or spec.thresholds)
     return Verdict(score=score, label=label_of(band), band=band, model=spec.ref)

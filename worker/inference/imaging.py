@@ -157,9 +157,40 @@ def _bomb_guard() -> Iterator[None]:
         yield
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_TEXT_CHUNKS = frozenset({b"tEXt", b"zTXt", b"iTXt"})
+
+
+def without_png_text(data: bytes) -> bytes:
+    """``data`` without its PNG text chunks (other inputs unchanged; no copy when there are none).
+
+    Text never changes a pixel, but Pillow fails the whole image on a text chunk that inflates past
+    ``PngImagePlugin.MAX_TEXT_CHUNK`` or on text over ``MAX_TEXT_MEMORY`` (a zlib bomb in metadata would make a
+    good picture ``corrupt-image``). Provenance is read from the original bytes, by ``worker.evidence``.
+    """
+    if not data.startswith(_PNG_SIGNATURE):
+        return data
+    keep: list[tuple[int, int]] = []
+    pos, start, dropped = len(_PNG_SIGNATURE), 0, False
+    while pos + 8 <= len(data):
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        kind = data[pos + 4 : pos + 8]
+        end = pos + 12 + length
+        if kind in _PNG_TEXT_CHUNKS:
+            keep.append((start, pos))
+            start, dropped = min(end, len(data)), True
+        if kind == b"IEND" or end > len(data):
+            break
+        pos = end
+    if not dropped:
+        return data
+    keep.append((start, len(data)))
+    return b"".join(data[a:b] for a, b in keep)
+
+
 def _open(data: bytes, policy: DecodePolicy) -> ImageFile.ImageFile:
     try:
-        img = Image.open(io.BytesIO(data), formats=list(policy.formats))
+        img = Image.open(io.BytesIO(without_png_text(data)), formats=list(policy.formats))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise PermanentError(ErrorCode.TOO_MANY_PIXELS, str(exc)) from None
     except UnidentifiedImageError:

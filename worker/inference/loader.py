@@ -30,6 +30,7 @@ Anything else fails with :class:`ConfigError` naming missing/unexpected keys and
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -73,6 +74,7 @@ class LoadedDetector:
     spec: DetectorSpec
     module: nn.Module
     device: torch.device
+    path: Path | None = None  # the local file the weights were read from (calibrations are tied to its hash)
 
 
 def build_module(spec: DetectorSpec) -> FFSDetector:
@@ -128,7 +130,16 @@ def load_detector(
     load_into(module, read_checkpoint(path), spec, origin=str(path))
     module.eval().to(target)
     log.info("loaded %s (%s) from %s on %s", spec.ref, spec.arch, path, target)
-    return LoadedDetector(spec=spec, module=module, device=target)
+    return LoadedDetector(spec=spec, module=module, device=target, path=path)
+
+
+def weights_sha256(path: Path) -> str:
+    """The sha256 (hex) of a weights file: what a calibration was fitted on is named by it."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 # --- weight sources -------------------------------------------------------------------------------------

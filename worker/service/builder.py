@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from functools import partial
+from dataclasses import dataclass, field
+from functools import lru_cache, partial
 from importlib.util import find_spec
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from producers.errors import ConfigError
@@ -22,6 +24,8 @@ from producers.s3 import make_s3_client
 from worker.core import registry
 from worker.core.batcher import Batcher
 from worker.core.batching import BatchPolicy
+from worker.core.calibration import Calibration, Calibrations
+from worker.core.evidence import Inspect
 from worker.core.pipeline import Decode, Pipeline, Preparer, Scanner
 from worker.core.processing import RateLimitPolicy
 from worker.core.registry import DetectorSpec, Thresholds
@@ -91,6 +95,34 @@ def thresholds(settings: WorkerSettings, spec: DetectorSpec) -> Thresholds:
         raise ConfigError(f"model thresholds: {exc}") from None
 
 
+# --- evidence ---------------------------------------------------------------------------------------------
+
+
+def evidence_reader(settings: WorkerSettings) -> Inspect | None:
+    """The provenance reader of this process, or None when ``evidence.enabled`` is false (or unset without the
+    'evidence' extra). ConfigError when it is required but not installed, or the trust anchors cannot be read."""
+    e = settings.evidence
+    installed = find_spec("defusedxml") is not None and (not e.c2pa or find_spec("c2pa") is not None)
+    if e.enabled is False or (e.enabled is None and not installed):
+        if e.enabled is None:
+            log.info("evidence off: install fakesake[evidence] to read provenance")
+        return None
+    if not installed:
+        raise ConfigError("evidence.enabled is true but the 'evidence' extra (c2pa-python, defusedxml) is missing")
+    from worker.evidence.containers import Limits
+    from worker.evidence.reader import EvidencePolicy, EvidenceReader
+
+    anchors = None
+    if e.trust_anchors_file:
+        try:
+            with open(e.trust_anchors_file, encoding="ascii") as f:
+                anchors = f.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"evidence.trust_anchors_file: {exc}") from None
+    limits = Limits(max_blocks=e.max_blocks, max_block_bytes=e.max_block_bytes, max_total_bytes=e.max_total_bytes)
+    return EvidenceReader(EvidencePolicy(e.include_prompts, e.c2pa, anchors, limits))
+
+
 # --- fetching ---------------------------------------------------------------------------------------------
 
 
@@ -135,6 +167,8 @@ class LoadedModel:
     classifier: Classifier
     decode: Decode
     device: str
+    calibrations: Calibrations = field(default_factory=Calibrations)
+    weights_path: str | None = None  # the local file the weights came from
 
 
 def usable_cores() -> int:
@@ -191,7 +225,69 @@ def load_model(settings: WorkerSettings, *, s3_client_factory: Callable[[], Any]
         classifier = TorchClassifier(detector, amp=model.autocast)
     log.info("model backend %s (setting %s) on %s", backend, model.backend, detector.device)
     decode = partial(from_bytes, policy=policy, pre=spec.preprocessing)
-    return LoadedModel(spec, limits, classifier, decode, str(detector.device))
+    cals = calibrations(settings, spec, detector.path)
+    weights_path = str(detector.path) if detector.path is not None else None
+    return LoadedModel(spec, limits, classifier, decode, str(detector.device), cals, weights_path)
+
+
+@lru_cache(maxsize=8)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
+    from worker.inference.loader import weights_sha256 as sha256
+
+    return sha256(Path(path))
+
+
+def weights_sha256(path: str | Path) -> str:
+    """sha256 of a weights file, hashed once per process while the file is unchanged (eval and every scan
+    pipeline ask again)."""
+    st = os.stat(path)
+    return _sha256_of(str(path), st.st_size, st.st_mtime_ns)
+
+
+def read_calibration(path: str | Path, what: str = "calibration") -> Calibration:
+    """A calibration file, validated (ConfigError naming the file)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: {exc.strerror or exc}") from None
+    return Calibration.parse(text, str(path))
+
+
+def calibrations(settings: WorkerSettings, spec: DetectorSpec, weights_path: Path | None) -> Calibrations:
+    """The calibrations named by ``model.calibration`` and ``model.calibration_dir`` (``<tenant>.json``), each
+    checked against the loaded model and the sha256 of its weights file (ConfigError naming both)."""
+    model = settings.model
+    if model.calibration is None and model.calibration_dir is None:
+        return Calibrations()
+    if model.calibration is not None and (model.human_max is not None or model.ai_min is not None):
+        raise ConfigError(
+            "model.calibration carries its own thresholds (on the calibrated scale); unset FAKESAKE_MODEL__HUMAN_MAX"
+            " and FAKESAKE_MODEL__AI_MIN, which are on the raw scale"
+        )
+    if weights_path is None:
+        raise ConfigError("a calibration needs the weights read from a local file, to check their sha256")
+    default = None
+    if model.calibration is not None:
+        default = read_calibration(model.calibration, "model.calibration")
+    tenants: dict[str, Calibration] = {}
+    if model.calibration_dir is not None:
+        folder = Path(model.calibration_dir)
+        if not folder.is_dir():
+            raise ConfigError(f"model.calibration_dir {folder} is not a directory")
+        for path in sorted(folder.glob("*.json")):
+            tenants[path.stem] = read_calibration(path, "tenant calibration")
+    sha = weights_sha256(weights_path)
+    for cal in [default, *tenants.values()]:
+        if cal is not None:
+            cal.check_weights(spec.ref, sha)
+    log.info(
+        "calibration: %s for every job, %d tenant calibrations (%s)",
+        default.id if default is not None else "none",
+        len(tenants),
+        ", ".join(sorted(tenants)) or "none",
+    )
+    return Calibrations(default, tenants)
 
 
 # --- scan and engine processes ----------------------------------------------------------------------------
@@ -204,11 +300,12 @@ def pipeline(settings: WorkerSettings, source_fetcher: Fetcher, loaded: LoadedMo
     batcher = Batcher(loaded.classifier.predict, policy).start()
     return Pipeline(
         loaded.spec,
-        Preparer(source_fetcher, loaded.decode),
+        Preparer(source_fetcher, loaded.decode, evidence_reader(settings)),
         batcher,
         window=2 * settings.batch.max_size,
         prepare_threads=settings.batch.prepare_threads,
         thresholds=loaded.thresholds,
+        calibration=loaded.calibrations.default,
     )
 
 
@@ -310,7 +407,10 @@ def worker_runtime(settings: WorkerSettings) -> WorkerRuntime:
         store = SinkingResultStore(store, sink)
     processor = JobProcessor(
         spec=loaded.spec,
-        preparer=BoundedPreparer(Preparer(fetcher(settings, client=s3), loaded.decode), settings.batch.prepare_threads),
+        preparer=BoundedPreparer(
+            Preparer(fetcher(settings, client=s3), loaded.decode, evidence_reader(settings)),
+            settings.batch.prepare_threads,
+        ),
         infer=batcher.submit,
         store=store,
         counters=RedisJobCounters(client),
@@ -319,6 +419,7 @@ def worker_runtime(settings: WorkerSettings) -> WorkerRuntime:
         retry=retry_policy(settings),
         rate=rate_limit_policy(settings),
         thresholds=loaded.thresholds,
+        calibrations=loaded.calibrations,
     )
     log.info(
         "worker ready: %s on %s, batch<=%d wait<=%.0fms",

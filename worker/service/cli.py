@@ -40,6 +40,9 @@ def _add_scan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--output", "-o", help="write records here instead of stdout")
     p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint; env FAKESAKE_S3__ENDPOINT_URL")
     p.add_argument("--allow-private", help="CIDRs reachable despite SSRF protection; env FAKESAKE_FETCH__ALLOW_PRIVATE")
+    p.add_argument(
+        "--calibration", metavar="FILE", help="calibration from `fakesake calibrate`; env FAKESAKE_MODEL__CALIBRATION"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(run=_run_scan)
 
@@ -84,6 +87,9 @@ def _add_eval(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--batch-size", type=int, help="largest inference batch")
     p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint; env FAKESAKE_S3__ENDPOINT_URL")
     p.add_argument("--allow-private", help="CIDRs reachable despite SSRF protection; env FAKESAKE_FETCH__ALLOW_PRIVATE")
+    p.add_argument(
+        "--calibration", metavar="FILE", help="calibration from `fakesake calibrate`; env FAKESAKE_MODEL__CALIBRATION"
+    )
     p.set_defaults(run=_run_eval)
 
 
@@ -91,6 +97,41 @@ def _run_eval(args: argparse.Namespace) -> int:
     from worker.service.evaluate import run_eval
 
     return run_eval(args)
+
+
+def _add_calibrate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "calibrate",
+        help="fit calibrated scores and certified thresholds on labelled images",
+        description="Score labelled images (or read an eval's scores.jsonl), fit raw score -> calibrated P(AI) and "
+        "pick ai_min/human_max so that the false-positive (false-negative) rate stays at or below the target with "
+        "95%% confidence. Exit 0 written, 3 written but some inputs failed, 2 usage error or too few images.",
+    )
+    src = "file, directory (recursive), http(s):// URL or s3://bucket/prefix"
+    p.add_argument("--real", nargs="+", action="extend", metavar="SRC", help=f"human-made images: {src}")
+    p.add_argument("--ai", nargs="+", action="extend", metavar="SRC", help=f"AI-generated images: {src}")
+    p.add_argument("--manifest", action="append", metavar="FILE", help="CSV or JSONL rows of source,label[,dataset]")
+    p.add_argument("--from-scores", metavar="FILE", help="fit the scores.jsonl of `fakesake eval` without scoring")
+    p.add_argument("--method", choices=["platt", "temperature", "isotonic"], default="platt")
+    p.add_argument("--target-fpr", type=float, default=0.01, help="false-positive rate to certify on real images")
+    p.add_argument("--target-fnr", type=float, help="false-negative rate to certify on AI images (default: target-fpr)")
+    p.add_argument("--output", "-o", required=True, metavar="FILE", help="the calibration file to write (JSON)")
+    p.add_argument("--model", help="detector name (see `fakesake models`); env FAKESAKE_MODEL__NAME")
+    p.add_argument(
+        "--weights", help="weights file, snapshot dir, hf-hub:REPO[@REV] or s3://; env FAKESAKE_MODEL__WEIGHTS"
+    )
+    p.add_argument("--device", help="auto|cpu|cuda|cuda:N")
+    p.add_argument("--preprocess", choices=["exact", "fast"], help="exact (default) matches the reference pipeline")
+    p.add_argument("--batch-size", type=int, help="largest inference batch")
+    p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint; env FAKESAKE_S3__ENDPOINT_URL")
+    p.add_argument("--allow-private", help="CIDRs reachable despite SSRF protection; env FAKESAKE_FETCH__ALLOW_PRIVATE")
+    p.set_defaults(run=_run_calibrate)
+
+
+def _run_calibrate(args: argparse.Namespace) -> int:
+    from worker.service.calibrate import run_calibrate
+
+    return run_calibrate(args)
 
 
 WORKER_HELP = """\
@@ -161,11 +202,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_scan(sub)
     _add_eval(sub)
+    _add_calibrate(sub)
     _add_worker(sub)
     _add_models(sub)
     from producers import cli as producer_cli
 
     producer_cli.add_subcommands(sub)
+    from api import cli as api_cli
+
+    api_cli.add_subcommands(sub)
     try:
         from worker.service import health
     except ImportError:  # pragma: no cover - health needs nothing beyond the base install

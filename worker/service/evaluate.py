@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 SCORES = "scores.jsonl"
 
 
-def _read_scores(path: Path) -> list[Row]:
+def read_scores(path: Path) -> list[Row]:
+    """The rows of an eval's ``scores.jsonl`` (ConfigError naming the line that is not one)."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
@@ -61,8 +62,11 @@ def _expand(inputs: list[dataset.LabelledInput], s3_client: Any) -> list[dataset
         raise ConfigError(f"cannot list the inputs: {exc.code.value}: {exc.message}") from None
 
 
-def _score(args: argparse.Namespace, settings: Any, out: Path) -> tuple[list[Row], list[str]]:
-    """Score every labelled source, once as fetched and once per perturbation; rows are written as they come."""
+def score_inputs(
+    args: argparse.Namespace, settings: Any, out: Path, scores_file: Path | None = None
+) -> tuple[list[Row], list[str]]:
+    """Score every labelled source, once as fetched and once per perturbation; rows are written as they come
+    (to ``scores_file``, default ``out/scores.jsonl``), each with the sha256 of the weights that scored it."""
     from producers.s3 import make_s3_client
     from worker.inference.imaging import decode
     from worker.service import builder
@@ -75,10 +79,11 @@ def _score(args: argparse.Namespace, settings: Any, out: Path) -> tuple[list[Row
     s3_client = make_s3_client(settings.s3) if needs_s3 else None
     sources = _expand(inputs, s3_client)
     loaded = builder.load_model(settings)
+    sha = builder.weights_sha256(loaded.weights_path) if loaded.weights_path is not None else None
     # Perturbations decode at full resolution with the pipeline's limits and codes (never the fast draft mode).
     image_decode = partial(decode, policy=replace(builder.decode_policy(settings, loaded.spec), mode="exact"))
     rows: list[Row] = []
-    with open(out / SCORES, "w", encoding="utf-8") as f:
+    with open(scores_file or out / SCORES, "w", encoding="utf-8") as f:
         for p in [None, *perturbations]:
             wrap = Wrap(p, image_decode) if p is not None else None
             scanner = builder.scanner(settings, s3_client, loaded=loaded, wrap_fetcher=wrap)
@@ -88,6 +93,7 @@ def _score(args: argparse.Namespace, settings: Any, out: Path) -> tuple[list[Row
                 outcomes = scanner.classify(s.source for s in sources)
                 for src, outcome in zip(sources, outcomes, strict=True):
                     row = score_row(outcome_record(outcome), src.label, src.dataset, name)
+                    row["weights_sha256"] = sha  # `fakesake calibrate --from-scores` ties its file to these weights
                     rows.append(row)
                     f.write(json.dumps(row, separators=(",", ":")) + "\n")
             finally:
@@ -104,6 +110,8 @@ def _model_of(rows: list[Row], settings: Any) -> tuple[str, Any]:
         raise ConfigError(f"the scores come from several models: {refs}; evaluate one at a time")
     ref = refs[0] if refs else registry.get(settings.model.name).ref
     spec = registry.get(ref.split("@", 1)[0])
+    if settings.model.calibration is not None:  # calibrated scores are banded by the calibration's thresholds
+        return ref, builder.read_calibration(settings.model.calibration).thresholds
     return ref, builder.thresholds(settings, spec)
 
 
@@ -124,12 +132,12 @@ def run_eval(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     out.mkdir(parents=True, exist_ok=True)
     if args.from_scores:
-        rows = _read_scores(Path(args.from_scores))
+        rows = read_scores(Path(args.from_scores))
         names = _perturbation_names(rows)
         if Path(args.from_scores).resolve() != (out / SCORES).resolve():
             (out / SCORES).write_text(Path(args.from_scores).read_text(encoding="utf-8"), encoding="utf-8")
     else:
-        rows, names = _score(args, settings, out)
+        rows, names = score_inputs(args, settings, out)
     model, thresholds = _model_of(rows, settings)
     report = build_report(
         rows, model=model, thresholds=thresholds, perturbations=names, resamples=args.bootstrap, seed=args.seed

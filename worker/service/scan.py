@@ -37,6 +37,7 @@ def settings_from_args(args: argparse.Namespace, base: WorkerSettings | None = N
             "weights": args.weights,
             "device": args.device,
             "preprocess": args.preprocess,
+            "calibration": getattr(args, "calibration", None),
         }.items()
         if v is not None
     }
@@ -72,9 +73,18 @@ def expand_inputs(inputs: Iterable[str], s3_client: Any = None) -> Iterator[str]
             yield item  # a file, or a path that does not exist: the fetcher reports not-found
 
 
+# An error record's evidence: the same keys as an ok record's (CSV columns stay put), nothing read, nobody decided.
+NO_EVIDENCE: dict[str, Any] = {"provenance": [], "decided_by": None, "ai_edited": False}
+
+
 def outcome_record(outcome: Outcome) -> dict[str, Any]:
     """One line of ``fakesake scan`` output. ``source_version`` and ``etag`` are always present (null unless an
-    S3 object was read), so every line and every CSV has the same columns."""
+    S3 object was read), so every line and every CSV has the same columns. Under a calibration every outcome
+    (errors included) names it, so a calibrated scan adds ``raw_score`` and ``calibration`` to every line, and
+    an uncalibrated scan keeps its columns."""
+    calibrated = (
+        {} if outcome.calibration is None else {"raw_score": outcome.raw_score, "calibration": outcome.calibration}
+    )
     return record(
         outcome.source,
         outcome.status.value,
@@ -84,8 +94,10 @@ def outcome_record(outcome: Outcome) -> dict[str, Any]:
         model=outcome.model,
         error=(outcome.error.code, outcome.error.message) if outcome.error else None,
         timings=outcome.timings.model_dump(exclude_none=True),
+        evidence=outcome.evidence or NO_EVIDENCE,
         source_version=outcome.source_version,
         etag=outcome.etag,
+        **calibrated,
     )
 
 

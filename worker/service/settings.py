@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field, SecretStr, field_validator, model_validat
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from producers.settings import (
+    API_GROUPS,
     ENV_NESTED_DELIMITER,
     ENV_PREFIX,
     ProducerSettings,
@@ -41,6 +42,16 @@ class ModelSettings(BaseModel):
     )
     human_max: float | None = Field(default=None, ge=0, le=1, description="Override: score below -> band human")
     ai_min: float | None = Field(default=None, ge=0, le=1, description="Override: score at/above -> band ai")
+    calibration: str | None = Field(
+        default=None,
+        description="Calibration file from `fakesake calibrate`: scores become calibrated P(AI) banded by its "
+        "thresholds (raw_score keeps the model's); refused at start if fitted for other weights",
+    )
+    calibration_dir: str | None = Field(
+        default=None,
+        description="Directory of per-tenant calibration files named TENANT.json, read at start; a tenant's "
+        "file wins over model.calibration",
+    )
     threads: int = Field(
         default=0,
         ge=0,
@@ -149,6 +160,26 @@ class ResultSettings(BaseModel):
     webhook_max_attempts: int = Field(default=5, ge=1, description="Webhook delivery attempts")
 
 
+class EvidenceSettings(BaseModel):
+    enabled: bool | None = Field(
+        default=None,
+        description="Read provenance (C2PA, XMP, generator metadata) from every image: unset = on when the "
+        "'evidence' extra is installed, true = required (the process refuses to start without it), false = off",
+    )
+    include_prompts: bool = Field(
+        default=False, description="Copy generator prompts into results (prompts can hold personal data)"
+    )
+    c2pa: bool = Field(default=True, description="Validate C2PA manifests (offline: no remote manifests, no OCSP)")
+    trust_anchors_file: str | None = Field(
+        default=None, description="PEM file of C2PA trust anchors; their signers validate as 'trusted', others 'valid'"
+    )
+    max_blocks: int = Field(default=64, ge=1, description="Metadata blocks read per image; the rest are skipped")
+    max_block_bytes: int = Field(
+        default=1 << 20, ge=1024, description="Largest metadata block (XMP, text chunk after inflating) read"
+    )
+    max_total_bytes: int = Field(default=4 << 20, ge=1024, description="Metadata bytes read per image in all")
+
+
 class LogSettings(BaseModel):
     level: str = Field(default="INFO", description="Log level")
     json_format: bool = Field(default=False, description="One JSON object per line")
@@ -251,13 +282,14 @@ class WorkerSettings(BaseSettings):
     rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings, description="Global rate limits")
     ledger: LedgerSettings = Field(default_factory=LedgerSettings, description="Recovery of lost jobs")
     results: ResultSettings = Field(default_factory=ResultSettings, description="Result store and delivery")
+    evidence: EvidenceSettings = Field(default_factory=EvidenceSettings, description="Provenance evidence")
     log: LogSettings = Field(default_factory=LogSettings, description="Logging")
     metrics: MetricsSettings = Field(default_factory=MetricsSettings, description="Metrics and health")
 
     @model_validator(mode="after")
     def _report_unknown_env(self) -> WorkerSettings:
         # The producer's names count as known: a Compose env file is shared by producer and worker.
-        warn_unknown_settings(env_names(WorkerSettings) | env_names(ProducerSettings))
+        warn_unknown_settings(env_names(WorkerSettings) | env_names(ProducerSettings), foreign_groups=API_GROUPS)
         return self
 
     @model_validator(mode="after")

@@ -23,6 +23,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings
 
+from api.settings import ApiSettings
 from producers.settings import ENV_PREFIX, ProducerSettings
 from worker.service.settings import WorkerSettings
 
@@ -36,6 +37,7 @@ DELIMITER = "__"
 PROCESSES: tuple[tuple[str, type[BaseSettings]], ...] = (
     ("worker", WorkerSettings),
     ("producer", ProducerSettings),
+    ("api", ApiSettings),
 )
 
 

@@ -1,0 +1,117 @@
+"""The API's request and response bodies. Job results are ``producers.contract.JobResult`` as stored: the
+wire contract is already pydantic, so the HTTP answers and the OpenAPI schema come from the same models."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Final
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from producers.contract import JobResult, Label, Priority
+
+#: What an ``Idempotency-Key`` header may be: printable ASCII without spaces; the API appends ``#<n>`` per source.
+IDEMPOTENCY_KEY: Final = re.compile(r"^[\x21-\x7e]{1,200}$")
+
+
+class SourceRef(BaseModel):
+    """One image reference with its options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(min_length=1, max_length=4096, description="s3://bucket/key[?versionId=V] or https:// URL")
+    source_version: str | None = Field(default=None, max_length=1024, description="S3 object version id")
+
+
+class JobsRequest(BaseModel):
+    """``POST /v1/jobs``: one ``source`` or a list of ``sources``, and options for all of them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str | None = Field(default=None, min_length=1, max_length=4096, description="One image reference")
+    source_version: str | None = Field(default=None, max_length=1024, description="S3 version of ``source``")
+    sources: list[str | SourceRef] | None = Field(default=None, min_length=1, description="Several image references")
+    priority: Priority = Field(default=Priority.INTERACTIVE, description="Lane: interactive or bulk")
+    model: str | None = Field(default=None, max_length=64, description="Detector name (GET /v1/detectors)")
+    callback_url: str | None = Field(default=None, max_length=4096, description="Signed webhook per final result")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> JobsRequest:
+        if (self.source is None) == (self.sources is None):
+            raise ValueError("give exactly one of source and sources")
+        if self.sources is not None and self.source_version is not None:
+            raise ValueError("source_version goes with source; give each of sources its own")
+        return self
+
+    def refs(self) -> list[SourceRef]:
+        if self.source is not None:
+            return [SourceRef(source=self.source, source_version=self.source_version)]
+        return [s if isinstance(s, SourceRef) else SourceRef(source=s) for s in self.sources or ()]
+
+
+class JobsAccepted(BaseModel):
+    """``202`` to ``POST /v1/jobs``: job ids in the order of the sources (an earlier id for a known
+    ``Idempotency-Key``)."""
+
+    job_ids: list[str]
+
+
+class JobPending(BaseModel):
+    """``202`` to ``GET /v1/jobs/{id}``: accepted, no final result yet."""
+
+    job_id: str
+    status: str = "pending"
+
+
+class JobsPage(BaseModel):
+    """One page of final results, oldest first. ``next_cursor`` continues after this page (also at the end:
+    poll with it for results that finish later); ``has_more``: more results are there now."""
+
+    results: list[JobResult]
+    next_cursor: str | None
+    has_more: bool
+
+
+class Feedback(BaseModel):
+    """``POST /v1/jobs/{id}/feedback``: what the image really is, as the tenant learned it (a reviewer, a
+    chargeback). Kept next to the job's score and model: labelled data for calibration and evaluation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: Label = Field(description="ai or human")
+    note: str | None = Field(default=None, max_length=1000, description="Free text, e.g. the reviewer's reason")
+
+
+class FeedbackRecord(Feedback):
+    """Stored feedback: the caller's label with the job's result as it was scored."""
+
+    job_id: str
+    score: float | None
+    model: str | None
+    source: str
+    received_at: datetime
+
+
+class Detector(BaseModel):
+    name: str
+    version: str
+    ref: str = Field(description="name@version, as results name their model")
+    description: str
+    input_size_px: int
+    default: bool
+
+
+class DetectorList(BaseModel):
+    detectors: list[Detector]
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    """Every error: ``{"error": {"code": ..., "message": ...}}`` with codes of ``producers.errors.ErrorCode``."""
+
+    error: ErrorBody

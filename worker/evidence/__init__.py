@@ -1,0 +1,2 @@
+"""Provenance evidence read from an image's own bytes: C2PA manifests, IPTC/XMP digital source types and
+generator metadata. Adapters only: what the entries mean (the fusion rule) is :mod:`worker.core.evidence`."""
