@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from producers.errors import ConfigError
+from producers.errors import ConfigError, ErrorCode
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -220,8 +220,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Top-level modules of the optional extras -> the extra that installs them, so a command run in a lighter install
+# says what to install instead of printing a traceback.
+_EXTRA_OF_MODULE = {
+    **dict.fromkeys(
+        ("torch", "torchvision", "timm", "onnxruntime", "onnx", "PIL", "huggingface_hub", "prometheus_client", "numpy"),
+        "worker",
+    ),
+    "matplotlib": "eval",
+    **dict.fromkeys(("c2pa", "defusedxml"), "evidence"),
+    **dict.fromkeys(("fastapi", "uvicorn", "starlette"), "api"),
+}
+
+
+def missing_extra(exc: ModuleNotFoundError, command: str) -> str | None:
+    """The one-line advice for a command that needs an extra this install lacks (None: not an extra's module)."""
+    module = (exc.name or "").split(".")[0]
+    extra = _EXTRA_OF_MODULE.get(module)
+    if extra is None:
+        return None
+    return f"`fakesake {command}` needs the {extra} extra (no module {module!r}): pip install 'fakesake[{extra}]'"
+
+
+def _usage_error(message: str) -> int:
+    print(f"fakesake: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _main(argv)
+    except ModuleNotFoundError as exc:
+        advice = missing_extra(exc, argv[0] if argv else "")
+        if advice is None:
+            raise
+        return _usage_error(f"{ErrorCode.CONFIG.value}: {advice}")
+
+
+def _main(argv: list[str]) -> int:
     if argv[:1] == ["worker"]:
         if {"-h", "--help"} & set(argv[1:]):
             print(worker_help())
@@ -231,8 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return _run_worker(argparse.Namespace(celery_args=argv[1:]))
         except ConfigError as exc:
-            print(f"fakesake: {exc.code.value}: {exc.message}", file=sys.stderr)
-            return EXIT_USAGE
+            return _usage_error(f"{exc.code.value}: {exc.message}")
     parser = build_parser()
     args = parser.parse_args(argv)
     from worker.service.logs import setup_logging
@@ -241,8 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.run(args)
     except ConfigError as exc:
-        print(f"fakesake: {exc.code.value}: {exc.message}", file=sys.stderr)
-        return EXIT_USAGE
+        return _usage_error(f"{exc.code.value}: {exc.message}")
     except KeyboardInterrupt:
         return 130
     return code
