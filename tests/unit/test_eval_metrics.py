@@ -113,8 +113,8 @@ def test_single_class_sets_are_refused() -> None:
 def test_bootstrap_is_seeded_and_brackets_the_estimate() -> None:
     y, s = _random_set(7, 300, ties=False)
 
-    def stat(yy: np.ndarray, ss: np.ndarray) -> list[float]:
-        return [metrics.roc_auc(yy, ss), metrics.tpr_at_fpr(yy, ss, 0.05).tpr]
+    def stat(curve: metrics.RocCurve) -> list[float]:
+        return [metrics.area(curve), metrics.operating_point(curve, 0.05).tpr]
 
     first = metrics.bootstrap_intervals(y, s, stat, resamples=200, seed=3)
     again = metrics.bootstrap_intervals(y, s, stat, resamples=200, seed=3)
@@ -123,3 +123,23 @@ def test_bootstrap_is_seeded_and_brackets_the_estimate() -> None:
     auc = metrics.roc_auc(y, s)
     assert first[0].low < auc < first[0].high
     assert 0 <= first[1].low <= first[1].high <= 1
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_a_weighted_resample_gives_the_statistics_of_the_resampled_set(ties: bool) -> None:
+    """The bootstrap counts each image as often as it was drawn instead of sorting the drawn set: the AUC and
+    the operating points must be those of the drawn set itself (scikit-learn's AUC as the oracle)."""
+    y, s = _random_set(11, 200, ties=ties)
+    seen: list[list[float]] = []
+
+    def stat(curve: metrics.RocCurve) -> list[float]:
+        seen.append([metrics.area(curve), metrics.operating_point(curve, 0.1).tpr])
+        return seen[-1]
+
+    metrics.bootstrap_intervals(y, s, stat, resamples=5, seed=9)
+    rng = np.random.default_rng(9)  # the same draws, made by hand
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    for auc, tpr in seen:
+        idx = np.r_[rng.choice(pos, pos.size), rng.choice(neg, neg.size)]
+        assert auc == pytest.approx(skm.roc_auc_score(y[idx], s[idx]), abs=1e-12)
+        assert tpr == pytest.approx(metrics.tpr_at_fpr(y[idx], s[idx], 0.1).tpr, abs=1e-12)

@@ -32,15 +32,37 @@ def _both_classes(y: NDArray[np.int_]) -> bool:
     return bool(y.size) and 0 < int(y.sum()) < y.size
 
 
+@dataclass(frozen=True)
+class _Ranked:
+    """A score set sorted once, highest first, with the last index of each run of equal scores (all tied items
+    flip together): what every ROC point is computed from, with or without per-item weights."""
+
+    y: NDArray[np.int_]
+    s: FloatArray
+    last: NDArray[np.intp]
+    order: NDArray[np.intp]
+
+    @classmethod
+    def of(cls, y: NDArray[np.int_], s: FloatArray) -> _Ranked:
+        order = np.argsort(-s, kind="mergesort")
+        s_sorted = s[order]
+        return cls(y[order], s_sorted, np.r_[np.flatnonzero(np.diff(s_sorted)), s_sorted.size - 1], order)
+
+    def counts(self, weights: FloatArray | None = None) -> tuple[FloatArray, FloatArray]:
+        """True and false positives at each distinct score; ``weights`` (in sorted order) count an item that
+        many times, as a bootstrap resample does (a weight of 0 adds a repeated point, which changes no area
+        and no operating point)."""
+        if weights is None:
+            tps = np.cumsum(self.y)[self.last].astype(np.float64)
+            return tps, (self.last + 1 - tps).astype(np.float64)
+        return np.cumsum(weights * self.y)[self.last], np.cumsum(weights * (1 - self.y))[self.last]
+
+
 def _counts_by_threshold(y: NDArray[np.int_], s: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
     """True and false positives when calling AI every score ``>=`` each distinct score, highest first."""
-    order = np.argsort(-s, kind="mergesort")
-    s_sorted, y_sorted = s[order], y[order]
-    # the last index of each run of equal scores: all tied items flip together
-    last = np.r_[np.flatnonzero(np.diff(s_sorted)), y_sorted.size - 1]
-    tps = np.cumsum(y_sorted)[last].astype(np.float64)
-    fps = (last + 1 - tps).astype(np.float64)
-    return tps, fps, s_sorted[last]
+    ranked = _Ranked.of(y, s)
+    tps, fps = ranked.counts()
+    return tps, fps, ranked.s[ranked.last]
 
 
 @dataclass(frozen=True)
@@ -64,7 +86,11 @@ def roc_curve(y: ArrayLike, s: ArrayLike) -> RocCurve:
 
 def roc_auc(y: ArrayLike, s: ArrayLike) -> float:
     """Area under the ROC curve (trapezoids: a tie across classes counts one half), as ``roc_auc_score``."""
-    curve = roc_curve(y, s)
+    return area(roc_curve(y, s))
+
+
+def area(curve: RocCurve) -> float:
+    """Area under ``curve`` by trapezoids."""
     return float(np.sum(np.diff(curve.fpr) * (curve.tpr[1:] + curve.tpr[:-1]) / 2))
 
 
@@ -92,7 +118,11 @@ class OperatingPoint:
 def tpr_at_fpr(y: ArrayLike, s: ArrayLike, max_fpr: float) -> OperatingPoint:
     """The highest TPR among thresholds whose FPR is ``<= max_fpr`` on this set, at the highest threshold that
     reaches it (the fewest false positives for that TPR)."""
-    curve = roc_curve(y, s)
+    return operating_point(roc_curve(y, s), max_fpr)
+
+
+def operating_point(curve: RocCurve, max_fpr: float) -> OperatingPoint:
+    """:func:`tpr_at_fpr` on a curve already computed."""
     # fpr and tpr never decrease along the curve: the last point within the bound has the highest TPR, and
     # the first point with that TPR has the lowest FPR
     last = int(np.searchsorted(curve.fpr, max_fpr, side="right")) - 1
@@ -185,28 +215,37 @@ class Interval:
 def bootstrap_intervals(
     y: ArrayLike,
     s: ArrayLike,
-    statistics: Callable[[NDArray[np.int_], FloatArray], Sequence[float]],
+    statistics: Callable[[RocCurve], Sequence[float]],
     *,
     resamples: int = 1000,
     level: float = 0.95,
     seed: int = 0,
 ) -> list[Interval]:
-    """Percentile intervals of each value ``statistics`` returns, over resamples drawn with replacement within
-    each class (one call per resample, so several statistics share the work of one ROC curve).
+    """Percentile intervals of each value ``statistics`` returns from a resample's ROC curve, over resamples
+    drawn with replacement within each class.
 
     Resampling within each class keeps the class counts fixed, so every resample has both classes and AUC or
     TPR at an FPR is always defined; the interval reflects the sampling of these images, not of the class mix.
+    The scores are sorted once: a resample is a count per image, and its curve is two weighted cumulative sums
+    (10,000 scores x 1,000 resamples in well under a second, where sorting each resample took seconds).
     Seeded: the same data give the same intervals.
     """
     yy, ss = _arrays(y, s)
     if not _both_classes(yy) or resamples < 1:
         raise ValueError("a bootstrap interval needs both classes and at least one resample")
+    ranked = _Ranked.of(yy, ss)
+    position = np.empty_like(ranked.order)
+    position[ranked.order] = np.arange(ranked.order.size)  # original index -> sorted index
+    thresholds = np.r_[np.inf, ranked.s[ranked.last]]
     rng = np.random.default_rng(seed)
     pos, neg = np.flatnonzero(yy == 1), np.flatnonzero(yy == 0)
     values = []
     for _ in range(resamples):
         idx = np.r_[rng.choice(pos, pos.size), rng.choice(neg, neg.size)]
-        values.append(list(statistics(yy[idx], ss[idx])))
+        weights = np.bincount(position[idx], minlength=yy.size).astype(np.float64)
+        tps, fps = ranked.counts(weights)
+        tps, fps = np.r_[0.0, tps], np.r_[0.0, fps]
+        values.append(list(statistics(RocCurve(fps / fps[-1], tps / tps[-1], thresholds))))
     alpha = (1.0 - level) / 2
     bounds = np.quantile(np.asarray(values, dtype=np.float64), [alpha, 1.0 - alpha], axis=0)
     return [Interval(float(lo), float(hi)) for lo, hi in zip(bounds[0], bounds[1], strict=True)]

@@ -120,8 +120,8 @@ def overall(rows: Sequence[Row], thresholds: Thresholds, *, resamples: int = 100
             out["tpr_at_fpr"][f"{f:g}"] = {"tpr": None, "threshold": None, "undefined_reason": reason}
         return out
 
-    def stats(yy: np.ndarray[Any, Any], ss: np.ndarray[Any, Any]) -> list[float]:
-        return [metrics.roc_auc(yy, ss), *(metrics.tpr_at_fpr(yy, ss, f).tpr for f in FPR_TARGETS)]
+    def stats(curve: metrics.RocCurve) -> list[float]:
+        return [metrics.area(curve), *(metrics.operating_point(curve, f).tpr for f in FPR_TARGETS)]
 
     cis = metrics.bootstrap_intervals(y, s, stats, resamples=resamples, seed=seed)
     out["auc"] = metrics.roc_auc(y, s)
