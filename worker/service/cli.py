@@ -21,6 +21,25 @@ EXIT_SOME_FAILED = 3
 log = logging.getLogger(__name__)
 
 
+def _add_pipeline_options(p: argparse.ArgumentParser, *, calibration: bool = True) -> None:
+    """The flags every in-process scoring command lays over its settings (scan, eval, calibrate)."""
+    p.add_argument("--model", help="detector name (see `fakesake models`); env FAKESAKE_MODEL__NAME")
+    p.add_argument(
+        "--weights", help="weights file, snapshot dir, hf-hub:REPO[@REV] or s3://; env FAKESAKE_MODEL__WEIGHTS"
+    )
+    p.add_argument("--device", help="auto|cpu|cuda|cuda:N")
+    p.add_argument("--preprocess", choices=["exact", "fast"], help="exact (default) matches the reference pipeline")
+    p.add_argument("--batch-size", type=int, help="largest inference batch")
+    p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint; env FAKESAKE_S3__ENDPOINT_URL")
+    p.add_argument("--allow-private", help="CIDRs reachable despite SSRF protection; env FAKESAKE_FETCH__ALLOW_PRIVATE")
+    if calibration:
+        p.add_argument(
+            "--calibration",
+            metavar="FILE",
+            help="calibration from `fakesake calibrate`; env FAKESAKE_MODEL__CALIBRATION",
+        )
+
+
 def _add_scan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("scan", help="classify files, folders, URLs or S3 prefixes in-process (no Redis)")
     p.add_argument(
@@ -29,20 +48,9 @@ def _add_scan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="INPUT",
         help="file, directory (recursive), http(s):// URL or s3://bucket/key-or-prefix",
     )
-    p.add_argument("--model", help="detector name (see `fakesake models`); env FAKESAKE_MODEL__NAME")
-    p.add_argument(
-        "--weights", help="weights file, snapshot dir, hf-hub:REPO[@REV] or s3://; env FAKESAKE_MODEL__WEIGHTS"
-    )
-    p.add_argument("--device", help="auto|cpu|cuda|cuda:N")
-    p.add_argument("--preprocess", choices=["exact", "fast"], help="exact (default) matches the reference pipeline")
-    p.add_argument("--batch-size", type=int, help="largest inference batch")
     p.add_argument("--format", choices=["jsonl", "csv", "table"], default="jsonl")
     p.add_argument("--output", "-o", help="write records here instead of stdout")
-    p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint; env FAKESAKE_S3__ENDPOINT_URL")
-    p.add_argument("--allow-private", help="CIDRs reachable despite SSRF protection; env FAKESAKE_FETCH__ALLOW_PRIVATE")
-    p.add_argument(
-        "--calibration", metavar="FILE", help="calibration from `fakesake calibrate`; env FAKESAKE_MODEL__CALIBRATION"
-    )
+    _add_pipeline_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(run=_run_scan)
 
@@ -78,18 +86,7 @@ def _add_eval(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (no matplotlib needed)")
-    p.add_argument("--model", help="detector name (see `fakesake models`); env FAKESAKE_MODEL__NAME")
-    p.add_argument(
-        "--weights", help="weights file, snapshot dir, hf-hub:REPO[@REV] or s3://; env FAKESAKE_MODEL__WEIGHTS"
-    )
-    p.add_argument("--device", help="auto|cpu|cuda|cuda:N")
-    p.add_argument("--preprocess", choices=["exact", "fast"], help="exact (default) matches the reference pipeline")
-    p.add_argument("--batch-size", type=int, help="largest inference batch")
-    p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint; env FAKESAKE_S3__ENDPOINT_URL")
-    p.add_argument("--allow-private", help="CIDRs reachable despite SSRF protection; env FAKESAKE_FETCH__ALLOW_PRIVATE")
-    p.add_argument(
-        "--calibration", metavar="FILE", help="calibration from `fakesake calibrate`; env FAKESAKE_MODEL__CALIBRATION"
-    )
+    _add_pipeline_options(p)
     p.set_defaults(run=_run_eval)
 
 
@@ -116,15 +113,7 @@ def _add_calibrate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.add_argument("--target-fpr", type=float, default=0.01, help="false-positive rate to certify on real images")
     p.add_argument("--target-fnr", type=float, help="false-negative rate to certify on AI images (default: target-fpr)")
     p.add_argument("--output", "-o", required=True, metavar="FILE", help="the calibration file to write (JSON)")
-    p.add_argument("--model", help="detector name (see `fakesake models`); env FAKESAKE_MODEL__NAME")
-    p.add_argument(
-        "--weights", help="weights file, snapshot dir, hf-hub:REPO[@REV] or s3://; env FAKESAKE_MODEL__WEIGHTS"
-    )
-    p.add_argument("--device", help="auto|cpu|cuda|cuda:N")
-    p.add_argument("--preprocess", choices=["exact", "fast"], help="exact (default) matches the reference pipeline")
-    p.add_argument("--batch-size", type=int, help="largest inference batch")
-    p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint; env FAKESAKE_S3__ENDPOINT_URL")
-    p.add_argument("--allow-private", help="CIDRs reachable despite SSRF protection; env FAKESAKE_FETCH__ALLOW_PRIVATE")
+    _add_pipeline_options(p, calibration=False)
     p.set_defaults(run=_run_calibrate)
 
 
