@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -57,17 +58,21 @@ class Stack:
 
 
 @contextmanager
-def start_workers(envs: list[dict[str, str]], names: list[str] | None = None) -> Iterator[list[WorkerProcess]]:
-    """Start several workers at once (their model loads overlap) and stop each one on exit."""
+def start_workers(
+    envs: list[dict[str, str]], names: list[str] | None = None, *, ready_s: float = 120, **worker: Any
+) -> Iterator[list[WorkerProcess]]:
+    """Start several workers at once (their model loads overlap) and stop each one on exit; ``worker``: more
+    :class:`WorkerProcess` fields for each (``health_port=None`` lets the worker's own settings choose)."""
     workers = [
-        WorkerProcess(env=e, name=n) for e, n in zip(envs, names or [f"w{i}" for i in range(len(envs))], strict=True)
+        WorkerProcess(env=e, name=n, **worker)
+        for e, n in zip(envs, names or [f"w{i}" for i in range(len(envs))], strict=True)
     ]
     with ExitStack() as stack:
         for w in workers:
             w.start(wait_ready_s=0)
             stack.callback(w.terminate)
         for w in workers:
-            w.wait_ready(120)
+            w.wait_ready(ready_s)
         yield workers
 
 

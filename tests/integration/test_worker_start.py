@@ -10,13 +10,12 @@ import socket
 import subprocess
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
 
 from producers.contract import Status
-from tests.integration.conftest import Stack
+from tests.integration.conftest import Stack, start_workers
 from tests.support.images import encode, photo
 from tests.support.servers import Route, free_port
 from tests.support.workers import WorkerProcess
@@ -28,21 +27,9 @@ def _default_endpoints(stack: Stack) -> dict[str, str]:
     return {k: v for k, v in stack.env().items() if not k.startswith("FAKESAKE_METRICS__")}
 
 
-@contextmanager
-def _workers(envs: list[dict[str, str]]) -> Iterator[list[WorkerProcess]]:
-    workers = [WorkerProcess(env=e, name=f"host{i}", health_port=None) for i, e in enumerate(envs)]
-    with ExitStack() as stack:
-        for w in workers:
-            w.start(wait_ready_s=0)
-            stack.callback(w.terminate)
-        for w in workers:
-            w.wait_ready(180)
-        yield workers
-
-
 def test_two_workers_with_default_settings_share_a_host(stack: Stack) -> None:
     env = _default_endpoints(stack)
-    with _workers([env, env]) as workers:
+    with start_workers([env, env], ["host0", "host1"], ready_s=180, health_port=None) as workers:
         taken = [w.slot() for w in workers]
         assert all(t is not None for t in taken)
         for key in ("slot", "metrics_port", "health_port", "heartbeat_file"):

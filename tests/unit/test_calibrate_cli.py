@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import pytest
 from producers.errors import ConfigError
 from tests.support.checkpoints import seeded_state, write_snapshot
 from tests.support.images import photo
+from tests.support.scoring_env import quick_scoring_env
 from worker.core import registry
 from worker.core.calibration import Calibration
 from worker.service import builder
@@ -27,10 +27,7 @@ SHA = "c" * 64
 
 @pytest.fixture(autouse=True)
 def _env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in [k for k in os.environ if k.startswith("FAKESAKE_")]:
-        monkeypatch.delenv(key)
-    monkeypatch.setenv("FAKESAKE_MODEL__BACKEND", "torch")
-    monkeypatch.setenv("FAKESAKE_BATCH__PROCESSES", "1")
+    quick_scoring_env(monkeypatch)
 
 
 def _row(source: str, truth: str, score: float | None, **extra: Any) -> dict[str, Any]:

@@ -4,7 +4,6 @@ and its exit codes."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ from PIL import Image
 
 from tests.support.checkpoints import seeded_state, write_snapshot
 from tests.support.images import photo
+from tests.support.scoring_env import quick_scoring_env
 from worker.core import registry
 from worker.service import builder
 from worker.service.cli import main
@@ -34,21 +34,14 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(autouse=True)
 def _env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in [k for k in os.environ if k.startswith("FAKESAKE_")]:
-        monkeypatch.delenv(key)
-    # the torch backend in this process: no ONNX export and no engine processes to start for a few images
-    monkeypatch.setenv("FAKESAKE_MODEL__BACKEND", "torch")
-    monkeypatch.setenv("FAKESAKE_BATCH__PROCESSES", "1")
+    quick_scoring_env(monkeypatch)
 
 
 @pytest.fixture(scope="module")
 def run(corpus: Path) -> tuple[int, Path]:
     out = corpus / "out"
     with pytest.MonkeyPatch.context() as mp:
-        for key in [k for k in os.environ if k.startswith("FAKESAKE_")]:
-            mp.delenv(key)
-        mp.setenv("FAKESAKE_MODEL__BACKEND", "torch")
-        mp.setenv("FAKESAKE_BATCH__PROCESSES", "1")
+        quick_scoring_env(mp)
         code = main(
             [
                 "eval",

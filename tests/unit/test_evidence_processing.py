@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from producers.contract import Band, Label
 from tests.unit.test_processing import JOB, make
+from worker.core.pipeline import Prepared
 from worker.core.processing import Finished
-
-
-@dataclass
-class WithEvidence:
-    tensor: Any
-    fetch_ms: float = 1.0
-    decode_ms: float = 2.0
-    evidence: list[dict[str, Any]] | None = field(default_factory=list)
 
 
 class EvidencePreparer:
     def __init__(self, entries: list[dict[str, Any]] | None) -> None:
         self.entries = entries
 
-    def prepare(self, source: str, version: str | None = None) -> WithEvidence:
-        return WithEvidence(tensor=source, evidence=self.entries)
+    def prepare(self, source: str, version: str | None = None) -> Prepared:
+        return Prepared(tensor=source, fetch_ms=1.0, decode_ms=2.0, evidence=self.entries)
 
 
 def _result(entries: list[dict[str, Any]] | None, score: float) -> Any:

@@ -24,7 +24,7 @@ from tests.support.images import corpus, encode, hostile
 from worker.core import registry
 from worker.core.batcher import Batcher
 from worker.core.batching import BatchPolicy
-from worker.core.pipeline import Outcome, Pipeline, Prepared, Preparer
+from worker.core.pipeline import Outcome, Pipeline, Prepared, Preparer, judge
 from worker.core.registry import Thresholds
 from worker.inference.imaging import DecodePolicy
 from worker.inference.preprocess import from_bytes
@@ -231,3 +231,16 @@ def test_from_settings_builds_a_working_engine(tmp_path: Path) -> None:
 def test_from_settings_rejects_thresholds_crossing_the_spec(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="thresholds"):
         builder.load_model(_settings(tmp_path, human_max=0.9))
+
+
+def test_judge_bands_the_score_then_lets_provenance_raise_it_and_names_the_bytes_read() -> None:
+    """Scans and jobs both call judge(): the model's score is kept, a valid AI claim raises the band to ai, and
+    the S3 version and ETag of what was read come along."""
+    claim = {"kind": "c2pa", "digital_source_type": "trainedAlgorithmicMedia", "validation": "trusted"}
+    meta = {"version_id": "v7", "etag": "e7"}
+    plain = judge(0.2, SPEC, None, None, meta, [])
+    assert (plain.verdict.score, plain.verdict.band, plain.evidence["decided_by"]) == (0.2, Band.HUMAN, "model")
+    assert (plain.source_version, plain.etag) == ("v7", "e7")
+    raised = judge(0.2, SPEC, None, None, {}, [claim])
+    assert (raised.verdict.score, raised.verdict.band, raised.verdict.label) == (0.2, Band.AI, Label.AI)
+    assert raised.evidence["decided_by"] == "provenance" and raised.source_version is None

@@ -14,6 +14,7 @@ import pytest
 from producers.contract import ErrorInfo, JobMessage, JobResult, Status
 from producers.errors import ErrorCode, PermanentError, TransientError
 from worker.core import registry
+from worker.core.pipeline import Prepared
 from worker.core.processing import (
     Finished,
     JobProcessor,
@@ -71,13 +72,6 @@ class MemoryDLQ:
         self.records.append((job.job_id, error, attempts, deliveries))
 
 
-@dataclass
-class Prepared:
-    tensor: Any
-    fetch_ms: float = 1.0
-    decode_ms: float = 2.0
-
-
 class ScriptedPreparer:
     """Raises the scripted errors in order, then succeeds."""
 
@@ -89,7 +83,7 @@ class ScriptedPreparer:
         self.calls += 1
         if self.errors:
             raise self.errors.pop(0)
-        return Prepared(tensor=source)
+        return Prepared(tensor=source, fetch_ms=1.0, decode_ms=2.0)
 
 
 class FixedLimiter:

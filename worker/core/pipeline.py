@@ -18,7 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from producers.contract import Band, ErrorInfo, Label, Status, Timings
+from producers.contract import Band, ErrorInfo, Label, Status, Timings, Verdict
 from producers.errors import FakesakeError, as_fakesake_error
 from worker.core.batcher import Batcher
 from worker.core.calibration import Calibration
@@ -69,6 +69,31 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return self.status is Status.OK
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """What one scored image is: the verdict after calibration and provenance, the ``evidence`` field, and which
+    bytes were read (S3 version id and ETag)."""
+
+    verdict: Verdict
+    evidence: dict[str, Any]
+    source_version: str | None
+    etag: str | None
+
+
+def judge(
+    score: float,
+    spec: DetectorSpec,
+    thresholds: Thresholds | None,
+    calibration: Calibration | None,
+    prepared_meta: dict[str, Any],
+    evidence: list[Entry] | None,
+) -> Judgement:
+    """The one way a score becomes a verdict, for scans and jobs alike: calibrate and band it, then let
+    provenance raise the band (never lower it)."""
+    v, fields = fuse(verdict(score, spec, thresholds, calibration), evidence)
+    return Judgement(v, fields, prepared_meta.get("version_id"), prepared_meta.get("etag"))
 
 
 class Preparer:
@@ -217,9 +242,8 @@ class Pipeline:
             return Outcome(
                 item.source, Status.ERROR, self.spec.ref, error=info, timings=timings, calibration=calibration_id
             )
-        v = verdict(score, self.spec, self.thresholds, self.calibration)
-        v, evidence = fuse(v, item.evidence)
-        meta = item.source_meta
+        j = judge(score, self.spec, self.thresholds, self.calibration, item.source_meta, item.evidence)
+        v = j.verdict
         return Outcome(
             item.source,
             Status.OK,
@@ -228,11 +252,11 @@ class Pipeline:
             v.label,
             v.band,
             timings=timings,
-            source_version=meta.get("version_id"),
-            etag=meta.get("etag"),
+            source_version=j.source_version,
+            etag=j.etag,
             raw_score=v.raw_score,
             calibration=v.calibration,
-            evidence=evidence,
+            evidence=j.evidence,
         )
 
 

@@ -23,11 +23,10 @@ from producers.contract import ErrorInfo, JobMessage, JobResult, Status, Timings
 from producers.errors import ErrorCode, FakesakeError, PermanentError, TransientError, as_fakesake_error
 from producers.redaction import redact_url as redact
 from worker.core.calibration import Calibrations
-from worker.core.evidence import fuse
+from worker.core.pipeline import Prepared, judge
 from worker.core.ports import RateLimiter, ResultStore
 from worker.core.registry import DetectorSpec, Thresholds
 from worker.core.retry import RetryPolicy
-from worker.core.verdict import verdict
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +123,7 @@ class DeadLetterSink(Protocol):
 
 
 class Preparer(Protocol):
-    def prepare(self, source: str, version: str | None = None) -> Any: ...
+    def prepare(self, source: str, version: str | None = None) -> Prepared: ...
 
 
 @dataclass
@@ -231,9 +230,9 @@ class JobProcessor:
                 return RetryLater(countdown, err)
             return self._fail(job, err, started, attempts=attempt, deliveries=deliveries)
 
-        v = verdict(score, self.spec, self.thresholds, self.calibrations.for_tenant(job.tenant))
-        v, evidence = fuse(v, getattr(prepared, "evidence", None))  # provenance may raise the band to ai
-        meta = getattr(prepared, "source_meta", None) or {}  # what was read, so a reader can tell which bytes
+        calibration = self.calibrations.for_tenant(job.tenant)
+        j = judge(score, self.spec, self.thresholds, calibration, prepared.source_meta, prepared.evidence)
+        v = j.verdict
         total_ms = (self.clock() - started) * 1000
         timings = Timings(
             queued_ms=_queued_ms(job, total_ms),
@@ -253,9 +252,9 @@ class JobProcessor:
             model=v.model,
             attempts=attempt,
             timings=timings,
-            evidence=evidence,
-            source_version=meta.get("version_id"),
-            etag=meta.get("etag"),
+            evidence=j.evidence,
+            source_version=j.source_version,
+            etag=j.etag,
             raw_score=v.raw_score,
             calibration=v.calibration,
         )
