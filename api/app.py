@@ -9,7 +9,6 @@ committed as ``docs/openapi.json``) comes from them for free. Routes are thin: e
 
 # No `from __future__ import annotations`: FastAPI reads the routes' annotations, which name locals.
 import logging
-import time
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -17,27 +16,32 @@ from fastapi import Depends, FastAPI, Header, Query, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors
 from api.keys import StoredKey
 from api.limits import BodyLimit
+from api.metrics import Measure, Metrics
 from api.models import (
     DetectorList,
     ErrorResponse,
     Feedback,
-    FeedbackRecord,
+    FeedbackPage,
     JobPending,
     JobsAccepted,
     JobsPage,
     JobsRequest,
+    UploadAccepted,
+    UploadOptions,
 )
 from api.service import ApiService
 from api.settings import ApiSettings
-from producers.contract import JobResult, Status
-from producers.errors import ErrorCode, FakesakeError
+from api.uploads import Spool
+from producers.contract import FeedbackRecord, JobResult, Status
+from producers.errors import ErrorCode, FakesakeError, PermanentError
 
 log = logging.getLogger(__name__)
 
@@ -49,51 +53,35 @@ _HTTP_CODES = {
     413: ErrorCode.TOO_LARGE,
 }
 _ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "A body that cannot be parsed (not UTF-8, nested too deep)"},
     401: {"model": ErrorResponse, "description": "No API key, an unknown one, or a revoked one"},
     422: {"model": ErrorResponse, "description": "Invalid request (invalid-job, invalid-source, unknown-model)"},
     503: {"model": ErrorResponse, "description": "Redis unavailable (Retry-After)"},
 }
 
 
-class Metrics:
-    """Request counts and latencies per route template, in the app's own registry."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "fakesake_api_requests", "HTTP requests answered", ["method", "route", "status"], registry=self.registry
-        )
-        self.latency = Histogram(
-            "fakesake_api_request_seconds", "Time to answer a request", ["route"], registry=self.registry
-        )
-        self.jobs = Counter("fakesake_api_jobs_accepted", "Jobs accepted over HTTP", registry=self.registry)
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_UPLOAD_CONTENT = {
+    "image/*": _BINARY,
+    "application/octet-stream": _BINARY,
+    "multipart/form-data": {
+        "schema": {"type": "object", "required": ["file"], "properties": {"file": _BINARY["schema"]}}
+    },
+}
+_MULTIPART_SLACK_BYTES = 64 * 1024
 
 
-class _Measure:
-    """Pure ASGI middleware (no BaseHTTPMiddleware: it would buffer and re-wrap bodies)."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = [500]
-
-        async def record(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, record)
-        finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.requests.labels(scope["method"], route, str(status[0])).inc()
-            self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+async def _read_multipart(request: Request, spool: Spool) -> None:
+    """The ``file`` part of a multipart body into ``spool`` (Starlette spools parts to disk past 1 MiB)."""
+    form = await request.form(max_files=1, max_fields=16)
+    try:
+        part = form.get("file")
+        if not isinstance(part, UploadFile):
+            raise PermanentError(ErrorCode.INVALID_JOB, "multipart/form-data: send the image as a 'file' part")
+        while chunk := await part.read(1 << 16):
+            spool.write(chunk)
+    finally:
+        await form.close()
 
 
 def _error_response(error: FakesakeError) -> JSONResponse:
@@ -193,11 +181,37 @@ def create_app(settings: ApiSettings | None = None, service: ApiService | None =
     @app.post(
         "/v1/jobs/{job_id}/feedback",
         response_model=FeedbackRecord,
-        responses={**_ERRORS, 404: {"model": ErrorResponse, "description": "No such job for this tenant"}},
+        responses={
+            **_ERRORS,
+            404: {"model": ErrorResponse, "description": "No such job for this tenant (or expired)"},
+            409: {"model": ErrorResponse, "description": "not-finished: the job has no result yet (Retry-After)"},
+        },
         summary="Tell what a finished job's image really is",
+        description="Kept with the job's source, model and score (the latest label wins), for evaluation and "
+        "fine-tuning: `fakesake feedback export` writes a tenant's feedback as an `eval --manifest`. A failed job "
+        "has no score to label (422 invalid-job).",
     )
     def feedback(job_id: str, body: Feedback, who: Caller) -> FeedbackRecord:
         return svc.feedback(who.tenant, job_id, body)
+
+    @app.get(
+        "/v1/jobs/{job_id}/feedback",
+        response_model=FeedbackRecord,
+        responses={**_ERRORS, 404: {"model": ErrorResponse, "description": "No feedback for this job"}},
+        summary="The feedback given for a job",
+    )
+    def job_feedback(job_id: str, who: Caller) -> FeedbackRecord:
+        return svc.job_feedback(who.tenant, job_id)
+
+    @app.get("/v1/feedback", response_model=FeedbackPage, responses=_ERRORS, summary="The tenant's feedback")
+    def list_feedback(
+        who: Caller,
+        since: Annotated[datetime | None, Query(description="Feedback given at or after (ISO 8601)")] = None,
+        cursor: Annotated[str | None, Query(max_length=512, description="next_cursor of the previous page")] = None,
+        limit: Annotated[int, Query(ge=1, le=settings.api.page_max)] = 100,
+    ) -> FeedbackPage:
+        records, next_cursor, more = svc.feedback_page(who.tenant, since=since, cursor=cursor, limit=limit)
+        return FeedbackPage(feedback=records, next_cursor=next_cursor, has_more=more)
 
     @app.get("/v1/jobs", response_model=JobsPage, responses=_ERRORS, summary="The tenant's final results")
     def list_jobs(
@@ -209,6 +223,45 @@ def create_app(settings: ApiSettings | None = None, service: ApiService | None =
     ) -> JobsPage:
         results, next_cursor, more = svc.page(who.tenant, since=since, cursor=cursor, status=status, limit=limit)
         return JobsPage(results=results, next_cursor=next_cursor, has_more=more)
+
+    @app.post(
+        "/v1/uploads",
+        status_code=202,
+        response_model=UploadAccepted,
+        responses={
+            **_ERRORS,
+            404: {"model": ErrorResponse, "description": "Direct upload is off on this server"},
+            413: {"model": ErrorResponse, "description": "Over api.upload_max_bytes"},
+            415: {"model": ErrorResponse, "description": "not-an-image: the bytes are no image type workers decode"},
+            429: {"model": ErrorResponse},
+        },
+        summary="Upload an image (raw body or multipart 'file') and classify it",
+        description="For clients without storage of their own: the image is stored in the server's upload bucket "
+        "(`<prefix>/<tenant>/yyyy/mm/dd/<uuid>.<ext>`) and enqueued as an `s3://` job. Off unless the server sets "
+        "`FAKESAKE_API__UPLOAD_BUCKET`. The type is judged by the bytes (JPEG, PNG, GIF, WebP, TIFF, BMP).",
+        openapi_extra={"requestBody": {"required": True, "content": _UPLOAD_CONTENT}},
+    )
+    async def upload(
+        request: Request,
+        who: Caller,
+        response: Response,
+        options: Annotated[UploadOptions, Query()],
+        idempotency_key: Annotated[
+            str | None,
+            Header(alias="Idempotency-Key", description="Resending with the same key returns the same job id"),
+        ] = None,
+    ) -> UploadAccepted:
+        svc.check_uploads()
+        with Spool(settings.api.upload_max_bytes) as spool:
+            if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+                await _read_multipart(request, spool)
+            else:
+                async for chunk in request.stream():
+                    spool.write(chunk)
+            job_id, source = await run_in_threadpool(svc.upload, who.tenant, spool, options, idempotency_key)
+        metrics.jobs.inc()
+        response.headers["Location"] = f"/v1/jobs/{job_id}"
+        return UploadAccepted(job_id=job_id, source=source)
 
     @app.get("/v1/detectors", response_model=DetectorList, responses=_ERRORS, summary="The known detectors")
     def detectors(who: Caller) -> DetectorList:
@@ -223,7 +276,9 @@ def create_app(settings: ApiSettings | None = None, service: ApiService | None =
     def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.add_middleware(BodyLimit, max_bytes=settings.api.max_body_bytes)
-    app.add_middleware(_Measure, metrics=metrics)
+    # Multipart framing is not image bytes: the body may exceed the image limit by a little (the spool is exact).
+    upload_limit = (settings.api.upload_max_bytes + _MULTIPART_SLACK_BYTES, "api.upload_max_bytes")
+    app.add_middleware(BodyLimit, max_bytes=settings.api.max_body_bytes, paths={"/v1/uploads": upload_limit})
+    app.add_middleware(Measure, metrics=metrics)
     app.state.service = svc
     return app

@@ -16,9 +16,12 @@ _STATUS: dict[ErrorCode, int] = {
     ErrorCode.FORBIDDEN: 403,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.TOO_LARGE: 413,
+    ErrorCode.NOT_AN_IMAGE: 415,  # a direct upload whose bytes are no image type the worker decodes
     ErrorCode.INVALID_SOURCE: 422,
     ErrorCode.INVALID_JOB: 422,
     ErrorCode.UNKNOWN_MODEL: 422,
+    ErrorCode.UNSERVED_MODEL: 409,
+    ErrorCode.NOT_FINISHED: 409,  # feedback for a job that has no result yet (with Retry-After)
     ErrorCode.RATE_LIMITED: 429,
     # A full lane is the service's capacity, not the caller's quota: 503 with Retry-After, as for Redis trouble.
     ErrorCode.QUEUE_FULL: 503,

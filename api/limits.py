@@ -8,6 +8,7 @@ it arrives and refused once it passes the limit. It raises Starlette's ``HTTPExc
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -18,17 +19,21 @@ from producers.errors import ErrorCode
 
 
 class BodyLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    """``max_bytes`` for every path but those of ``paths`` (path -> (limit, the setting that sets it))."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, paths: Mapping[str, tuple[int, str]] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.paths = dict(paths or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit, setting = self.paths.get(scope.get("path", ""), (self.max_bytes, "api.max_body_bytes"))
         declared = dict(scope.get("headers") or ()).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await _refuse(send, self.max_bytes)
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await _refuse(send, _message(limit, setting))
             return
         seen = 0
 
@@ -37,19 +42,19 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise HTTPException(413, _message(self.max_bytes))
+                if seen > limit:
+                    raise HTTPException(413, _message(limit, setting))
             return message
 
         await self.app(scope, limited, send)
 
 
-def _message(max_bytes: int) -> str:
-    return f"request body over {max_bytes} bytes (api.max_body_bytes)"
+def _message(max_bytes: int, setting: str) -> str:
+    return f"request body over {max_bytes} bytes ({setting})"
 
 
-async def _refuse(send: Send, max_bytes: int) -> None:
-    payload = json.dumps(body(ErrorCode.TOO_LARGE, _message(max_bytes))).encode()
+async def _refuse(send: Send, message: str) -> None:
+    payload = json.dumps(body(ErrorCode.TOO_LARGE, message)).encode()
     headers: list[Any] = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(payload)).encode()),

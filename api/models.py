@@ -4,15 +4,19 @@ wire contract is already pydantic, so the HTTP answers and the OpenAPI schema co
 from __future__ import annotations
 
 import re
-from datetime import datetime
-from typing import Final
+from typing import Annotated, Final
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from producers.contract import JobResult, Label, Priority
+from producers.contract import FeedbackRecord, JobResult, Label, Priority
 
 #: What an ``Idempotency-Key`` header may be: printable ASCII without spaces; the API appends ``#<n>`` per source.
 IDEMPOTENCY_KEY: Final = re.compile(r"^[\x21-\x7e]{1,200}$")
+
+
+#: A source given as a bare string: the same bounds as ``SourceRef.source`` (checked here, at validation, so a bad
+#: one is a 422 and never an error while the request is handled).
+SourceText = Annotated[str, Field(min_length=1, max_length=4096)]
 
 
 class SourceRef(BaseModel):
@@ -31,10 +35,19 @@ class JobsRequest(BaseModel):
 
     source: str | None = Field(default=None, min_length=1, max_length=4096, description="One image reference")
     source_version: str | None = Field(default=None, max_length=1024, description="S3 version of ``source``")
-    sources: list[str | SourceRef] | None = Field(default=None, min_length=1, description="Several image references")
+    sources: list[SourceText | SourceRef] | None = Field(
+        default=None, min_length=1, description="Several image references"
+    )
     priority: Priority = Field(default=Priority.INTERACTIVE, description="Lane: interactive or bulk")
-    model: str | None = Field(default=None, max_length=64, description="Detector name (GET /v1/detectors)")
+    model: str | None = Field(
+        default=None,
+        max_length=256,
+        description="Detector name (GET /v1/detectors), or several comma-separated for an ensemble",
+    )
     callback_url: str | None = Field(default=None, max_length=4096, description="Signed webhook per final result")
+    queue_anyway: bool = Field(
+        default=False, description="Queue even when no live worker serves the detectors (409 unserved-model otherwise)"
+    )
 
     @model_validator(mode="after")
     def _one_of(self) -> JobsRequest:
@@ -48,6 +61,31 @@ class JobsRequest(BaseModel):
         if self.source is not None:
             return [SourceRef(source=self.source, source_version=self.source_version)]
         return [s if isinstance(s, SourceRef) else SourceRef(source=s) for s in self.sources or ()]
+
+
+class UploadOptions(BaseModel):
+    """``POST /v1/uploads`` query parameters: the job options of ``POST /v1/jobs``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    priority: Priority = Field(default=Priority.INTERACTIVE, description="Lane: interactive or bulk")
+    model: str | None = Field(
+        default=None,
+        max_length=256,
+        description="Detector name (GET /v1/detectors), or several comma-separated for an ensemble",
+    )
+    callback_url: str | None = Field(default=None, max_length=4096, description="Signed webhook of the result")
+    queue_anyway: bool = Field(
+        default=False, description="Queue even when no live worker serves the detectors (409 unserved-model otherwise)"
+    )
+
+
+class UploadAccepted(BaseModel):
+    """``202`` to ``POST /v1/uploads``: the job, and where the image was stored (``source`` null when a known
+    ``Idempotency-Key`` returned an earlier job)."""
+
+    job_id: str
+    source: str | None
 
 
 class JobsAccepted(BaseModel):
@@ -83,14 +121,13 @@ class Feedback(BaseModel):
     note: str | None = Field(default=None, max_length=1000, description="Free text, e.g. the reviewer's reason")
 
 
-class FeedbackRecord(Feedback):
-    """Stored feedback: the caller's label with the job's result as it was scored."""
+class FeedbackPage(BaseModel):
+    """One page of a tenant's feedback, oldest label first; ``next_cursor`` and ``has_more`` as for
+    ``JobsPage`` (a job labelled again moves to the end)."""
 
-    job_id: str
-    score: float | None
-    model: str | None
-    source: str
-    received_at: datetime
+    feedback: list[FeedbackRecord]
+    next_cursor: str | None
+    has_more: bool
 
 
 class Detector(BaseModel):

@@ -16,15 +16,17 @@ from urllib.parse import urlsplit
 
 from api.keys import StoredKey
 from api.keystore import KeyStore
-from api.models import IDEMPOTENCY_KEY, Detector, Feedback, FeedbackRecord, JobsRequest
+from api.models import IDEMPOTENCY_KEY, Detector, Feedback, JobsRequest, UploadOptions
 from api.pagination import Position, encode_cursor, start
 from api.settings import ApiSettings
-from producers import wire
+from api.uploads import Spool, UploadBucket
 from producers.client import Producer, check_ids
 from producers.connections import redis_errors, redis_from_settings, text
-from producers.contract import KEY_PREFIX, JobResult, Keys, Status
-from producers.errors import ErrorCode, FakesakeError, PermanentError, TransientError
+from producers.contract import FeedbackRecord, JobResult, Keys, Status, detector_set
+from producers.errors import ErrorCode, PermanentError, TransientError
+from producers.feedback import find_result
 from producers.ratelimit import RedisRateLimiter
+from producers.s3 import make_s3_client
 from worker.core import registry
 
 log = logging.getLogger(__name__)
@@ -33,11 +35,6 @@ log = logging.getLogger(__name__)
 INGRESS_SCOPE = "ingress"
 #: Sources a caller over HTTP may name (the worker fetches them with its SSRF checks).
 REMOTE_SCHEMES = ("s3", "https", "http")
-
-
-def feedback_key(tenant: str) -> str:
-    """Redis hash of a tenant's feedback: job id -> ``FeedbackRecord`` JSON."""
-    return f"{KEY_PREFIX}:feedback:{tenant}"
 
 
 @dataclass(frozen=True)
@@ -57,6 +54,12 @@ class ApiService:
         self.producer = Producer(settings, redis_client=self.redis)
         self.keys = KeyStore(self.redis)
         self.limiter = RedisRateLimiter(self.redis)
+        group = settings.api
+        self.uploads = (
+            None
+            if group.upload_bucket is None
+            else UploadBucket(make_s3_client(settings.s3), group.upload_bucket, group.upload_prefix)
+        )
 
     # -- auth -----------------------------------------------------------------------------------------
     def authenticate(self, key: str | None) -> StoredKey:
@@ -88,14 +91,59 @@ class ApiService:
         )
         self._model_known(jobs[0].model)
         self._take_ingress(tenant, len(jobs))
-        return self.producer.enqueue(jobs)
+        return self.producer.enqueue(jobs, queue_anyway=request.queue_anyway)
 
-    @staticmethod
-    def _model_known(name: str) -> None:
-        try:
-            registry.get(name.partition("@")[0])
-        except FakesakeError as exc:  # the registry names the known detectors in its message
-            raise PermanentError(ErrorCode.UNKNOWN_MODEL, exc.message) from exc
+    def check_uploads(self) -> UploadBucket:
+        """The upload bucket, or ``not-found`` while direct upload is off (before any byte is read)."""
+        if self.uploads is None:
+            raise PermanentError(ErrorCode.NOT_FOUND, "direct upload is off (FAKESAKE_API__UPLOAD_BUCKET is not set)")
+        return self.uploads
+
+    def upload(
+        self, tenant: str, spool: Spool, options: UploadOptions, idempotency_key: str | None
+    ) -> tuple[str, str | None]:
+        """Store an uploaded image and enqueue it as an ``s3://`` job: (job id, source). A known
+        ``Idempotency-Key`` returns the earlier job (source None) and stores nothing."""
+        bucket = self.check_uploads()
+        if idempotency_key is not None:
+            if not IDEMPOTENCY_KEY.match(idempotency_key):
+                raise PermanentError(ErrorCode.INVALID_JOB, "Idempotency-Key: 1-200 printable ASCII characters")
+            with redis_errors("idempotency"):
+                earlier = self.redis.get(Keys.idempotency(tenant, idempotency_key))
+            if earlier is not None:
+                return text(earlier), None
+        spool.image_type()  # refuse a non-image before spending a rate token or a PUT
+        model = options.model or self.settings.default_model
+        self._model_known(model)
+        if not options.queue_anyway:  # refused before anything is stored
+            self.producer.check_detectors([detector_set(model)])
+        self._take_ingress(tenant, 1)
+        source, version = bucket.put(spool, tenant, datetime.now(UTC))
+        job = self.producer.build_job(
+            source,
+            tenant=tenant,
+            model=options.model,
+            priority=options.priority,
+            idempotency_key=idempotency_key,
+            callback_url=options.callback_url,
+            source_version=version,
+        )
+        job_id = self.producer.enqueue([job], queue_anyway=True)[0]  # checked before the upload
+        if job_id != job.job_id:  # a concurrent request with the same key won: its object is the job's
+            bucket.delete(source)
+            return job_id, None
+        return job_id, source
+
+    def _model_known(self, model: str) -> None:
+        """Each detector ``model`` names is built in or served by a live worker (configured detectors are known to
+        the workers that load them, not to the API)."""
+        unknown = [n for n in detector_set(model) if n.partition("@")[0] not in registry.names()]
+        if not unknown:
+            return
+        served = self.producer.live_detectors()
+        if missing := [n for n in unknown if n not in served]:
+            known = ", ".join(sorted({*registry.names(), *served}))
+            raise PermanentError(ErrorCode.UNKNOWN_MODEL, f"unknown model {', '.join(missing)}; known models: {known}")
 
     def _take_ingress(self, tenant: str, n: int) -> None:
         """Take ``n`` tokens of the tenant's ingress bucket at once, or refuse the whole request."""
@@ -115,21 +163,7 @@ class ApiService:
     # -- read -----------------------------------------------------------------------------------------
     def lookup(self, tenant: str, job_id: str) -> Lookup:
         """The job's result, pending, or ``not-found`` (unknown, another tenant's, or expired)."""
-        try:
-            check_ids(tenant, job_id)
-        except PermanentError as exc:
-            raise PermanentError(ErrorCode.NOT_FOUND, f"no job {job_id!r}") from exc
-        # One MULTI: the result store removes the ledger entry and writes the result atomically, so the
-        # snapshot has one of the two for every accepted, unexpired job.
-        with redis_errors("get job"), self.redis.pipeline(transaction=True) as pipe:
-            pipe.get(Keys.result(tenant, job_id))
-            pipe.hget(Keys.LEDGER, job_id)
-            raw, ledger = pipe.execute()
-        if raw is not None:
-            return Lookup(job_id, JobResult.model_validate_json(raw))
-        if ledger is not None and wire.message_from_ledger(job_id, ledger)[1] == tenant:
-            return Lookup(job_id, None)
-        raise PermanentError(ErrorCode.NOT_FOUND, f"no job {job_id!r}")
+        return Lookup(job_id, find_result(self.redis, tenant, job_id))
 
     def page(
         self, tenant: str, *, since: datetime | None, cursor: str | None, status: Status | None, limit: int
@@ -174,25 +208,28 @@ class ApiService:
 
     # -- feedback -------------------------------------------------------------------------------------
     def feedback(self, tenant: str, job_id: str, feedback: Feedback) -> FeedbackRecord:
-        """Store the tenant's label for a finished job (the latest one wins); kept as long as results."""
-        found = self.lookup(tenant, job_id)
-        if found.result is None:
-            raise PermanentError(ErrorCode.INVALID_JOB, f"job {job_id!r} has no final result yet")
-        result = found.result
-        record = FeedbackRecord(
-            **feedback.model_dump(),
-            job_id=job_id,
-            score=result.score,
-            model=result.model,
-            source=result.source,
-            received_at=datetime.now(UTC),
-        )
-        key = feedback_key(tenant)
-        with redis_errors("feedback"), self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, job_id, record.model_dump_json())
-            pipe.expire(key, self.settings.queue.result_ttl_s)
-            pipe.execute()
+        """Store the tenant's label for a finished job (the latest one wins) in the bounded feedback store
+        (:mod:`producers.feedback`): ``not-found``, ``not-finished`` (409) or ``invalid-job`` (a failed job)."""
+        return self.producer.feedback(job_id, feedback.label, tenant=tenant, note=feedback.note)
+
+    def job_feedback(self, tenant: str, job_id: str) -> FeedbackRecord:
+        """The feedback given for one job, or ``not-found``."""
+        try:
+            record = self.producer.feedback_store.get(tenant, job_id)
+        except PermanentError as exc:
+            raise PermanentError(ErrorCode.NOT_FOUND, f"no feedback for job {job_id!r}") from exc
+        if record is None:
+            raise PermanentError(ErrorCode.NOT_FOUND, f"no feedback for job {job_id!r}")
         return record
+
+    def feedback_page(
+        self, tenant: str, *, since: datetime | None, cursor: str | None, limit: int
+    ) -> tuple[list[FeedbackRecord], str | None, bool]:
+        """Feedback given after ``cursor`` (else from ``since``), oldest first: as :meth:`page` for results."""
+        position = start(since, cursor)
+        records, last, more = self.producer.feedback_store.page(tenant, (position.score, position.job_id), limit)
+        after = Position(*last)
+        return records, None if after.score == float("-inf") else encode_cursor(after), more
 
     # -- detectors and health -------------------------------------------------------------------------
     def detectors(self) -> list[Detector]:

@@ -25,6 +25,17 @@ class ApiGroup(BaseModel):
         default=1, ge=1, description="Retry-After of a 202 answer to GET /v1/jobs/{id} while the job is pending"
     )
     workers: int = Field(default=1, ge=1, description="uvicorn worker processes")
+    upload_bucket: str | None = Field(
+        default=None,
+        description="S3 bucket where POST /v1/uploads stores images (then enqueued as s3:// jobs); unset = uploads "
+        "off. Workers must be able to read it (s3.allowed_buckets)",
+    )
+    upload_prefix: str = Field(
+        default="uploads", max_length=256, description="Key prefix of uploads: <prefix>/<tenant>/yyyy/mm/dd/<uuid>"
+    )
+    upload_max_bytes: int = Field(
+        default=20 * 1024 * 1024, ge=1024, description="Largest image accepted by POST /v1/uploads (413 beyond)"
+    )
 
 
 class ApiSettings(ProducerSettings):

@@ -20,28 +20,49 @@ log = logging.getLogger("bench")
 def _sections() -> dict[str, Callable[[Context], list[Row]]]:
     # Imported here so that `python -m bench --help` needs no torch.
     from bench import (
+        api_section,
         engine_section,
+        ensemble_section,
         eval_section,
         evidence_section,
+        fleet_section,
         gpu,
         knobs,
         producer_section,
         queue_section,
+        start_section,
     )
 
     return {
         "engine": engine_section.run,
+        "start": start_section.run,
         "queue": queue_section.run_queue,
         "latency": queue_section.run_latency,
+        "fleet": fleet_section.run,
         "producer": producer_section.run,
+        "api": api_section.run,
         "knobs": knobs.run,
         "gpu": gpu.run,
         "evidence": evidence_section.run,
         "eval": eval_section.run,
+        "ensemble": ensemble_section.run,
     }
 
 
-SECTION_NAMES = ("engine", "queue", "latency", "producer", "knobs", "gpu", "evidence", "eval")
+SECTION_NAMES = (
+    "engine",
+    "start",
+    "queue",
+    "latency",
+    "fleet",
+    "producer",
+    "api",
+    "knobs",
+    "gpu",
+    "evidence",
+    "eval",
+    "ensemble",
+)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

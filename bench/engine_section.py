@@ -60,8 +60,8 @@ def classifier_on(classifier: Any, threads: int) -> tuple[Any, contextlib.Abstra
     if type(classifier).__name__ == "OnnxClassifier":
         from worker.inference.onnx_classifier import OnnxClassifier
 
-        graph = classifier.graph
-        return OnnxClassifier(classifier.detector, threads=threads, graph=graph), contextlib.nullcontext()
+        same = OnnxClassifier(threads=threads, graph=classifier.graph, spec=classifier.spec)
+        return same, contextlib.nullcontext()
     return classifier, torch_threads(threads)
 
 

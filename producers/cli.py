@@ -13,9 +13,10 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import IO, Any
 
+from producers import feedback_cli
 from producers.contract import JobResult, Priority
 from producers.errors import ErrorCode, FakesakeError, PermanentError
-from producers.output import FORMATS, record, write_records
+from producers.output import FORMATS, ensemble_fields, record, write_records
 from producers.redaction import redact_url
 from producers.settings import ProducerSettings
 
@@ -40,6 +41,7 @@ def result_record(result: JobResult, source: str | None = None) -> dict[str, Any
         timings=result.timings.model_dump(),
         source_version=result.source_version,
         etag=result.etag,
+        **ensemble_fields(result.detectors, result.fusion),
     )
 
 
@@ -87,7 +89,7 @@ def _common(p: argparse.ArgumentParser, *, formats: bool = True) -> None:
 
 
 def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Mount ``submit``, ``result`` and ``dlq`` on the root parser's sub-parsers."""
+    """Mount ``submit``, ``result``, ``dlq`` and ``feedback`` on the root parser's sub-parsers."""
     p = sub.add_parser("submit", help="enqueue images (URLs, s3:// objects or prefixes, manifests) for workers")
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="http(s):// URL, s3://bucket/key or s3://bucket/prefix/")
     p.add_argument(
@@ -103,7 +105,14 @@ def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=Priority.INTERACTIVE.value,
         help="lane (default interactive)",
     )
-    p.add_argument("--model", help="detector name; env FAKESAKE_DEFAULT_MODEL")
+    p.add_argument(
+        "--model", help="detector name, or several comma-separated (an ensemble); env FAKESAKE_DEFAULT_MODEL"
+    )
+    p.add_argument(
+        "--queue-anyway",
+        action="store_true",
+        help="queue even when no live worker serves the detectors (refused with unserved-model otherwise)",
+    )
     p.add_argument("--callback-url", help="POST each signed result here")
     p.add_argument("--idempotency-key", help="only with a single input: resubmitting returns the same job")
     p.add_argument("--wait", action="store_true", help="wait for the results and print them")
@@ -138,6 +147,7 @@ def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     q.add_argument("--all", action="store_true", help="every dead letter not yet re-driven (in scope)")
     _dlq_common(q)
     q.set_defaults(run=run_dlq_retry)
+    feedback_cli.add_subcommand(sub)
 
 
 def _dlq_common(p: argparse.ArgumentParser) -> None:
@@ -193,7 +203,9 @@ def _enqueue_all(
         else:
             done = True
         try:
-            accepted = dict(enumerate(producer.enqueue([job for _, job in chunk], wait_if_full_s=args.wait_if_full)))
+            jobs = [job for _, job in chunk]
+            queued = producer.enqueue(jobs, wait_if_full_s=args.wait_if_full, queue_anyway=args.queue_anyway)
+            accepted = dict(enumerate(queued))
         except QueueFullError as exc:
             accepted = exc.accepted
             for n, (index, _) in enumerate(chunk):

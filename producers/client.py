@@ -24,10 +24,24 @@ from typing import Any, cast
 import redis
 from pydantic import TypeAdapter, ValidationError
 
-from producers import wire
+from producers import serving, wire
 from producers.connections import redis_errors, redis_from_settings, text
-from producers.contract import JOB_ID_PATTERN, LUA_NOW, JobMessage, JobResult, Keys, Priority, TenantId
+from producers.contract import (
+    ALL_QUEUES,
+    JOB_ID_PATTERN,
+    LUA_NOW,
+    FeedbackRecord,
+    JobMessage,
+    JobResult,
+    Keys,
+    Label,
+    Priority,
+    TenantId,
+    lane_priority,
+    lanes_for,
+)
 from producers.errors import ErrorCode, PermanentError, TransientError
+from producers.feedback import FeedbackStore
 from producers.settings import ProducerSettings
 
 log = logging.getLogger(__name__)
@@ -106,6 +120,8 @@ class Producer:
         self.settings = settings or ProducerSettings()
         self.redis = redis_client if redis_client is not None else redis_from_settings(self.settings.redis)
         self._enqueue = self.redis.register_script(_ENQUEUE_LUA)
+        self._adverts: tuple[float, list[serving.Advert]] | None = None  # (monotonic read time, live adverts)
+        self.feedback_store = FeedbackStore(self.redis, self.settings.feedback)
 
     # -- building -----------------------------------------------------------------------------------
     def build_job(
@@ -113,18 +129,19 @@ class Producer:
         source: str,
         *,
         tenant: str | None = None,
-        model: str | None = None,
+        model: str | Sequence[str] | None = None,
         priority: Priority | str = Priority.INTERACTIVE,
         idempotency_key: str | None = None,
         callback_url: str | None = None,
         source_version: str | None = None,
     ) -> JobMessage:
-        """Validate one job; raise ``PermanentError`` (``invalid-source`` / ``invalid-job``) if it is bad."""
+        """Validate one job; raise ``PermanentError`` (``invalid-source`` / ``invalid-job``) if it is bad.
+        ``model``: a detector name, or several (a list, or comma-separated) for an ensemble."""
         try:
             return JobMessage(
                 tenant=tenant or self.settings.tenant,
                 source=source,
-                model=model or self.settings.default_model,
+                model=(model if isinstance(model, str) else ",".join(model)) if model else self.settings.default_model,
                 priority=priority,
                 idempotency_key=idempotency_key,
                 callback_url=callback_url,
@@ -160,11 +177,14 @@ class Producer:
         callback_url: str | None = None,
         source_version: str | None = None,
         wait_if_full_s: float = 0,
+        queue_anyway: bool = False,
     ) -> str:
         """Enqueue one image reference; return its job id (the earlier one for a known idempotency key).
 
         Raises ``PermanentError`` for a bad input and ``QueueFullError`` (a ``TransientError`` with code
-        ``queue-full``) when the lane stays at ``queue.max_depth`` for ``wait_if_full_s`` seconds.
+        ``queue-full``) when the lane stays at ``queue.max_depth`` for ``wait_if_full_s`` seconds, and
+        ``PermanentError`` ``unserved-model`` when no live worker serves the job's detectors (unless
+        ``queue_anyway``; see :meth:`check_served`).
         """
         job = self.build_job(
             source,
@@ -175,7 +195,7 @@ class Producer:
             callback_url=callback_url,
             source_version=source_version,
         )
-        return self.enqueue([job], wait_if_full_s=wait_if_full_s)[0]
+        return self.enqueue([job], wait_if_full_s=wait_if_full_s, queue_anyway=queue_anyway)[0]
 
     def submit_many(
         self,
@@ -186,6 +206,7 @@ class Producer:
         priority: Priority | str = Priority.INTERACTIVE,
         callback_url: str | None = None,
         wait_if_full_s: float = 0,
+        queue_anyway: bool = False,
     ) -> list[str]:
         """Validate all items first (nothing is queued if one is bad), then enqueue them pipelined.
 
@@ -193,10 +214,15 @@ class Producer:
         ``tenant, model, priority, idempotency_key, callback_url, source_version``.
         """
         jobs = self.build_jobs(items, tenant=tenant, model=model, priority=priority, callback_url=callback_url)
-        return self.enqueue(jobs, wait_if_full_s=wait_if_full_s)
+        return self.enqueue(jobs, wait_if_full_s=wait_if_full_s, queue_anyway=queue_anyway)
 
-    def enqueue(self, jobs: Sequence[JobMessage], *, wait_if_full_s: float = 0) -> list[str]:
-        """Push validated jobs (one script call per lane and chunk, all in one round trip)."""
+    def enqueue(
+        self, jobs: Sequence[JobMessage], *, wait_if_full_s: float = 0, queue_anyway: bool = False
+    ) -> list[str]:
+        """Push validated jobs (one script call per lane and chunk, all in one round trip); refuse them all first
+        if one's detectors are served by no live worker, unless ``queue_anyway``."""
+        if not queue_anyway:
+            self.check_served(jobs)
         ids: dict[int, str] = {}
         todo = list(range(len(jobs)))
         deadline = time.monotonic() + wait_if_full_s
@@ -205,10 +231,10 @@ class Producer:
                 todo = self._enqueue_once(jobs, todo, ids)
             if not todo:
                 return [ids[i] for i in range(len(jobs))]
-            lanes = sorted({jobs[i].priority.value for i in todo})
+            lanes = sorted({wire.lane_of(jobs[i]) for i in todo})
             if time.monotonic() >= deadline:
                 raise QueueFullError(
-                    f"queue {', '.join(wire.queue_key(lane) for lane in lanes)} is at its limit of "
+                    f"queue {', '.join(lanes)} is at its limit of "
                     f"{self.settings.queue.max_depth} jobs (queue.max_depth): {len(todo)} of {len(jobs)} "
                     "jobs not queued; retry later, or pass wait_if_full_s to wait for room",
                     accepted=dict(ids),
@@ -225,13 +251,13 @@ class Producer:
         max_depth: int | None = None,
         ttl_s: int | None = None,
     ) -> None:
-        """Queue one enqueue-script call for ``jobs`` (all of ``lane``) on the pipeline ``pipe``.
+        """Queue one enqueue-script call for ``jobs`` (all of priority ``lane`` and one detector set) on ``pipe``.
 
         The script pushes each job and writes its ledger entry atomically (see the module doc); its reply
         is one ``(status, job id)`` pair per job. ``max_depth`` None pushes regardless of the lane's depth
         (for a caller that checked capacity itself, e.g. a re-drive inside a MULTI that must not be refused).
         """
-        keys = [wire.queue_key(lane), Keys.LEDGER, Keys.LEDGER_SEEN]
+        keys = [wire.lane_of(jobs[0]) if jobs else wire.queue_key(lane), Keys.LEDGER, Keys.LEDGER_SEEN]
         args: list[Any] = [-1 if max_depth is None else max_depth, ttl_s or self.settings.queue.result_ttl_s]
         for job in jobs:
             key_index = 0
@@ -246,11 +272,14 @@ class Producer:
         ttl = self.settings.queue.result_ttl_s
         max_depth = self.settings.queue.max_depth
         calls: list[list[int]] = []
+        lanes: dict[str, list[int]] = {}
+        for i in todo:
+            lanes.setdefault(wire.lane_of(jobs[i]), []).append(i)
         with self.redis.pipeline(transaction=False) as pipe:
-            for lane in Priority:
-                lane_jobs = [i for i in todo if jobs[i].priority is lane]
+            for lane_jobs in lanes.values():
                 for start in range(0, len(lane_jobs), CHUNK):
                     chunk = lane_jobs[start : start + CHUNK]
+                    lane = jobs[chunk[0]].priority
                     self.stage(pipe, lane, [jobs[i] for i in chunk], max_depth=max_depth, ttl_s=ttl)
                     calls.append(chunk)
             replies = pipe.execute()
@@ -263,6 +292,43 @@ class Producer:
                 else:
                     ids[i] = job_id
         return rejected
+
+    def check_served(self, jobs: Iterable[JobMessage]) -> None:
+        """Raise ``PermanentError`` ``unserved-model`` if no live worker serves all the detectors of one of ``jobs``.
+
+        Workers advertise what they serve (:mod:`producers.serving`). With no live worker at all the jobs are
+        accepted: the queue is the buffer while a fleet restarts or scales up from zero (KEDA), and workers older
+        than the adverts advertise nothing. A read is reused for a second, and read again before refusing.
+        """
+        self.check_detectors([job.detectors for job in jobs])
+
+    def check_detectors(self, wanted: Sequence[tuple[str, ...]]) -> None:
+        """:meth:`check_served` for detector sets (one tuple of names per job)."""
+        max_age = self.settings.queue.served_max_age_s
+        if max_age <= 0 or not wanted:
+            return
+        for fresh in (False, True):
+            now = time.monotonic()
+            if fresh or self._adverts is None or now - self._adverts[0] > 1.0:
+                with redis_errors("read worker adverts"):
+                    self._adverts = (now, serving.live(self.redis, max_age))
+            adverts = self._adverts[1]
+            missing = serving.unserved(wanted, adverts) if adverts else []
+            if not missing:
+                return
+        offered = sorted({",".join(sorted(a.detectors)) for a in adverts})
+        raise PermanentError(
+            ErrorCode.UNSERVED_MODEL,
+            f"no live worker serves {' nor '.join(','.join(m) for m in missing)} (live workers serve: "
+            f"{'; '.join(offered)}); start workers with FAKESAKE_MODEL__NAMES naming them, or queue it anyway "
+            "(queue_anyway=True, CLI --queue-anyway, API queue_anyway) for workers yet to start",
+        )
+
+    def live_detectors(self) -> set[str]:
+        """The detectors some live worker serves (empty when no worker advertises)."""
+        with redis_errors("read worker adverts"):
+            adverts = serving.live(self.redis, self.settings.queue.served_max_age_s or 30.0)
+        return set().union(*(a.detectors for a in adverts))
 
     def check_capacity(self, priority: Priority | str) -> None:
         """Raise ``QueueFullError`` if the lane is at ``queue.max_depth`` (a non-atomic pre-check)."""
@@ -277,11 +343,16 @@ class Producer:
             )
 
     def queue_depths(self) -> dict[str, int]:
-        """Jobs waiting in each lane (not counting those a worker has taken)."""
+        """Jobs waiting per priority (not counting those a worker has taken): the default detector's lanes plus
+        those of every detector set a live worker serves."""
+        with redis_errors("queue depths"):
+            adverts = serving.live(self.redis, self.settings.queue.served_max_age_s or 30.0)
+        lanes = sorted({*ALL_QUEUES, *(lane for a in adverts for lane in lanes_for(a.detectors))})
         with redis_errors("queue depths"), self.redis.pipeline(transaction=False) as pipe:
-            for lane in Priority:
-                pipe.llen(wire.queue_key(lane))
-            return {lane.value: int(n) for lane, n in zip(Priority, pipe.execute(), strict=True)}
+            for lane in lanes:
+                pipe.llen(lane)
+            depths = dict(zip(lanes, pipe.execute(), strict=True))
+        return {p.value: sum(int(n) for lane, n in depths.items() if lane_priority(lane) == p.value) for p in Priority}
 
     # -- results ------------------------------------------------------------------------------------
     def get_result(self, job_id: str, tenant: str | None = None) -> JobResult | None:
@@ -291,6 +362,14 @@ class Producer:
         with redis_errors("get result"):
             raw = self.redis.get(Keys.result(tenant, job_id))
         return None if raw is None else JobResult.model_validate_json(raw)
+
+    def feedback(
+        self, job_id: str, label: Label | str, *, tenant: str | None = None, note: str | None = None
+    ) -> FeedbackRecord:
+        """Store what a finished job's image really is (``label`` ai or human) with its source, model and score
+        in the tenant's feedback store (:mod:`producers.feedback`). Raises ``PermanentError`` ``not-found`` (no
+        such job for this tenant) or ``invalid-job`` (the job failed), ``TransientError`` ``not-finished``."""
+        return self.feedback_store.give(tenant or self.settings.tenant, job_id, label, note)
 
     def _fetch(self, tenant: str, job_ids: Sequence[str]) -> dict[str, JobResult]:
         found: dict[str, JobResult] = {}

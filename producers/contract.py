@@ -6,8 +6,10 @@ imports only pydantic and the standard library, so a backend can enqueue jobs wi
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal
@@ -44,12 +46,67 @@ class Band(StrEnum):
     HUMAN = "human"
 
 
-def queue_name(priority: Priority | str) -> str:
-    """Celery queue (a Redis list of the same name) of a lane."""
-    return f"{KEY_PREFIX}.{Priority(priority).value}"
+class Fusion(StrEnum):
+    """How an ensemble's per-detector results become one ``score``/``band`` (docs: README "Several detectors").
+
+    ``max`` (default): the highest calibrated score, and the most AI band of any detector (ai > uncertain >
+    human): a detector that sees its generator wins. ``mean``: the mean score, banded by the mean of the
+    detectors' thresholds. ``min``: the lowest score and the least AI band: every detector must agree.
+    """
+
+    MAX = "max"
+    MEAN = "mean"
+    MIN = "min"
+
+
+#: The detector a job that names none is for; its jobs keep the plain lane names.
+DEFAULT_MODEL: Final = "ffs-mj-5m"
+_DETECTOR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+@-]{0,63}$")
+
+
+def detector_set(model: str) -> tuple[str, ...]:
+    """``"a, b"`` -> ``("a", "b")``: the detectors a job's ``model`` names, in the order given."""
+    return tuple(part.strip() for part in model.split(","))
+
+
+def queue_name(priority: Priority | str, detectors: Iterable[str] = (DEFAULT_MODEL,)) -> str:
+    """Celery queue (a Redis list of the same name) of a lane: one per priority and detector set.
+
+    Jobs for the default detector keep ``fakesake.<priority>``; any other set of detectors (order does not
+    matter) gets ``fakesake.<priority>.<hash of the sorted names>``. A worker consumes the lanes of every set it
+    can serve, so a job only ever reaches workers that serve all of its detectors.
+    """
+    names = sorted(set(detectors))
+    base = f"{KEY_PREFIX}.{Priority(priority).value}"
+    if names == [DEFAULT_MODEL]:
+        return base
+    return f"{base}.{hashlib.sha256(','.join(names).encode()).hexdigest()[:10]}"
 
 
 ALL_QUEUES: tuple[str, ...] = tuple(queue_name(p) for p in Priority)
+
+
+def lane_priority(lane: str) -> str:
+    """``fakesake.bulk`` or ``fakesake.bulk.<hash>`` -> ``bulk``."""
+    parts = lane.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+#: A worker consumes a lane per subset of what it serves: 2**n - 1 per priority, so n is kept small.
+MAX_SERVED_DETECTORS: Final = 6
+
+
+def lanes_for(detectors: Iterable[str]) -> tuple[str, ...]:
+    """The lanes of a worker serving ``detectors``: each priority's lane of every non-empty subset of them (the
+    jobs it can answer), interactive ones first (kombu's Redis transport polls them in this order)."""
+    names = sorted(set(detectors))
+    if not 1 <= len(names) <= MAX_SERVED_DETECTORS:
+        raise ValueError(f"a worker serves 1 to {MAX_SERVED_DETECTORS} detectors, not {len(names)}")
+    subsets = [
+        [n for i, n in enumerate(names) if mask >> i & 1]
+        for mask in sorted(range(1, 1 << len(names)), key=int.bit_count)
+    ]
+    return tuple(queue_name(p, subset) for p in Priority for subset in subsets)
 
 
 class Keys:
@@ -94,12 +151,25 @@ class Keys:
         """The dead-letter record of a job after it was re-driven (kept for audit with a TTL)."""
         return f"{KEY_PREFIX}:dlq:redriven:{job_id}"
 
+    @staticmethod
+    def feedback(tenant: str) -> str:
+        """Hash of a tenant's feedback: job id -> the stored ``producers.feedback.FeedbackRecord`` JSON."""
+        return f"{KEY_PREFIX}:feedback:{tenant}"
+
+    @staticmethod
+    def feedback_index(tenant: str) -> str:
+        """Sorted set of a tenant's feedback: job id scored by when it was (last) given, epoch seconds."""
+        return f"{KEY_PREFIX}:feedback:index:{tenant}"
+
     #: job id -> the job's fields (``producers.wire.encode``) of every accepted job without a final result
     LEDGER = f"{KEY_PREFIX}:ledger"
     #: job id scored by when it was last pushed or began a delivery (Redis TIME, epoch s)
     LEDGER_SEEN = f"{KEY_PREFIX}:ledger:seen"
     #: held by the worker whose ledger sweeper runs this interval
     LEDGER_LOCK = f"{KEY_PREFIX}:ledger:lock"
+    #: "<worker id> <detector,names>" scored by the Redis TIME of the worker's last heartbeat: what live workers
+    #: serve (``worker.stores.serving``), read by producers to refuse jobs nobody serves
+    SERVING = f"{KEY_PREFIX}:serving"
     DLQ = f"{KEY_PREFIX}:dlq"
     DLQ_INDEX = f"{KEY_PREFIX}:dlq:index"
 
@@ -169,7 +239,12 @@ class JobMessage(BaseModel):
         min_length=1, max_length=4096, description="s3://bucket/key, http(s):// URL, or file:// (development only)"
     )
     source_version: str | None = Field(default=None, max_length=1024, description="S3 object version id")
-    model: str = Field(default="ffs-mj-5m", max_length=64, description="Detector registry name")
+    model: str = Field(
+        default=DEFAULT_MODEL,
+        max_length=256,
+        description="Detector name, or several comma-separated for an ensemble (fused by ``fusion``)",
+    )
+    fusion: Fusion | None = Field(default=None, description="Ensembles: how scores are fused (default max)")
     priority: Priority = Priority.INTERACTIVE
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=256)
     callback_url: str | None = Field(default=None, max_length=4096)
@@ -201,6 +276,22 @@ class JobMessage(BaseModel):
         if given != version:
             raise ValueError(f"source names version {version!r} but source_version is {given!r}")
         return data
+
+    @field_validator("model")
+    @classmethod
+    def _detector_names(cls, value: str) -> str:
+        names = detector_set(value)
+        bad = [n for n in names if not _DETECTOR_NAME.match(n)]
+        if bad:
+            raise ValueError(f"not detector names: {bad}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"a detector is named twice in {value!r}")
+        return ",".join(names)
+
+    @property
+    def detectors(self) -> tuple[str, ...]:
+        """The detectors the job asks for (one, or an ensemble)."""
+        return detector_set(self.model)
 
     @field_validator("callback_url")
     @classmethod
@@ -245,6 +336,19 @@ class Verdict(BaseModel):
     calibration: str | None = Field(default=None, description="id of the calibration that mapped the score")
 
 
+class DetectorScore(BaseModel):
+    """One detector's part of an ensemble's result."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str = Field(description="name@version+<weights sha256[:12]> of the detector")
+    score: float = Field(ge=0.0, le=1.0)
+    band: Band
+    label: Label | None = None
+    raw_score: float | None = Field(default=None, description="The model's own P(AI) under a calibration")
+    calibration: str | None = None
+
+
 class JobResult(BaseModel):
     """The one final result of a job, as stored and as delivered to webhooks."""
 
@@ -269,8 +373,30 @@ class JobResult(BaseModel):
         default=None, description="The model's own P(AI) when a calibration mapped it to score (null without)"
     )
     calibration: str | None = Field(default=None, description="id of the calibration that produced score")
+    detectors: list[DetectorScore] | None = Field(
+        default=None, description="Ensembles: each detector's result; score and band are fused by ``fusion``"
+    )
+    fusion: Fusion | None = Field(default=None, description="Ensembles: the rule that fused score and band")
     finished_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
     @property
     def ok(self) -> bool:
         return self.status is Status.OK
+
+
+class FeedbackRecord(BaseModel):
+    """One feedback (``producers.feedback``): the label a tenant gave a finished job, with the job's result as
+    it was scored."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job_id: str
+    label: Label = Field(description="What the image really is, as the tenant says")
+    note: str | None = Field(default=None, description="Free text, e.g. the reviewer's reason")
+    source: str = Field(description="The job's source as its result stores it (redacted: no query string)")
+    source_version: str | None = Field(default=None, description="S3 version id of the object that was scored")
+    etag: str | None = Field(default=None, description="S3 ETag of the object that was scored")
+    model: str | None = Field(description="name@version of the detector that scored it")
+    score: float | None = Field(description="P(AI) the job was given")
+    band: Band | None = Field(default=None, description="The band of that score")
+    received_at: datetime = Field(description="When the label was given")

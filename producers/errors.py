@@ -29,6 +29,7 @@ class ErrorCode(StrEnum):
     INVALID_SOURCE = "invalid-source"
     INVALID_JOB = "invalid-job"
     UNKNOWN_MODEL = "unknown-model"
+    UNSERVED_MODEL = "unserved-model"  # at submit: no live worker serves the job's detectors
     POISON = "poison"
     # Evidence entries only: the image is still classified, one metadata signal could not be read
     METADATA_UNREADABLE = "metadata-unreadable"
@@ -41,6 +42,7 @@ class ErrorCode(StrEnum):
     RATE_LIMITED = "rate-limited"
     UNAVAILABLE = "unavailable"
     QUEUE_FULL = "queue-full"
+    NOT_FINISHED = "not-finished"  # asked about a job's result (feedback) before it has one
     # Our fault
     INTERNAL = "internal"
     CONFIG = "config"

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import IO, Any
+
+from producers.contract import DetectorScore, Fusion
 
 FORMATS = ("jsonl", "csv", "table")
 COLUMNS = ("source", "status", "score", "label", "band", "model", "error.code", "error.message")
@@ -44,6 +46,17 @@ def record(
         "model": model,
         "error": None if error is None else {"code": error[0], "message": error[1]},
         **extras,
+    }
+
+
+def ensemble_fields(detectors: Sequence[DetectorScore] | None, fusion: Fusion | None) -> dict[str, Any]:
+    """An ensemble's extras: ``detectors`` (each detector's model, score, band, ...) and the ``fusion`` rule that
+    made the record's score and band. Nothing for a single detector, whose record keeps its shape."""
+    if not detectors:
+        return {}
+    return {
+        "detectors": [d.model_dump(mode="json", exclude_none=True) for d in detectors],
+        "fusion": fusion.value if fusion is not None else None,
     }
 
 

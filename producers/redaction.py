@@ -15,6 +15,10 @@ REDACTED = "<redacted>"
 def redact_url(url: str, limit: int = 512) -> str:
     """``url`` safe for logs, messages and results: no credentials, no query (presigned signatures live
     there), no fragment. Never raises; long results are cut to ``limit`` characters."""
+    urls = str(url).split(";")
+    if len(urls) > 1 and all("://" in u for u in urls):  # a URL list (Sentinel): each part has its own userinfo
+        text = ";".join(redact_url(u, limit) for u in urls)
+        return text if len(text) <= limit else text[: limit - 3] + "..."
     try:
         parts = urlsplit(url)
         netloc = parts.netloc.rpartition("@")[2]

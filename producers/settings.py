@@ -18,6 +18,8 @@ from typing import Annotated, get_args
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from producers.redis_url import is_sentinel_url, parse_sentinel_url
+
 ENV_PREFIX = "FAKESAKE_"
 ENV_NESTED_DELIMITER = "__"
 
@@ -40,15 +42,32 @@ class RedisSettings(BaseModel):
 
     url: str = Field(
         default="redis://127.0.0.1:6379/0",
-        description="Redis URL (redis:// or rediss:// for TLS); user:password@ for ACL auth",
+        description="Redis URL (redis:// or rediss:// for TLS); user:password@ for ACL auth. A Sentinel group: "
+        "sentinel://host:26379;sentinel://host2:26379 (sentinels:// for TLS; docs/RELIABILITY.md)",
     )
     password: SecretStr | None = Field(default=None, description="Password, if not in the URL")
-    ssl_ca_certs: str | None = Field(default=None, description="CA bundle for rediss:// (path)")
-    ssl_cert_reqs: str = Field(default="required", description="rediss:// certificate check: required|optional|none")
+    master_name: str | None = Field(
+        default=None, description="Sentinel group (master) name; required with a sentinel:// URL"
+    )
+    sentinel_password: SecretStr | None = Field(
+        default=None, description="Password of the Sentinels themselves (their requirepass), if they have one"
+    )
+    ssl_ca_certs: str | None = Field(default=None, description="CA bundle for rediss:// or sentinels:// (path)")
+    ssl_cert_reqs: str = Field(
+        default="required", description="rediss:// / sentinels:// certificate check: required|optional|none"
+    )
     socket_timeout_s: float = Field(default=10.0, gt=0, description="Socket timeout for Redis calls")
     visibility_timeout_s: int = Field(
         default=600, gt=0, description="Seconds before an unacked job is redelivered to another worker"
     )
+
+    @model_validator(mode="after")
+    def _check_sentinel(self) -> RedisSettings:
+        if is_sentinel_url(self.url):
+            parse_sentinel_url(self.url)  # a ValueError here is a validation error naming the field's problem
+            if not self.master_name:
+                raise ValueError("a sentinel:// URL needs FAKESAKE_REDIS__MASTER_NAME (the Sentinel group's name)")
+        return self
 
 
 class S3Settings(BaseModel):
@@ -81,6 +100,25 @@ class QueueSettings(BaseModel):
 
     max_depth: int = Field(default=100_000, ge=1, description="Refuse new jobs when a lane holds this many")
     result_ttl_s: int = Field(default=7 * 24 * 3600, ge=60, description="How long results are kept")
+    served_max_age_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="Refuse at submit a job whose detectors no worker advertised within this many seconds "
+        "(when any worker is live); 0 = never check",
+    )
+
+
+class FeedbackSettings(BaseModel):
+    """The tenant-scoped store of labels given for finished jobs (``fakesake feedback``, the API's feedback)."""
+
+    ttl_s: int = Field(
+        default=180 * 24 * 3600,
+        ge=60,
+        description="How long a feedback entry is kept after it was given (it outlives the result it labels)",
+    )
+    max_per_tenant: int = Field(
+        default=100_000, ge=1, description="Most feedback entries kept per tenant; the oldest go first"
+    )
 
 
 def parse_cidrs(value: object) -> object:
@@ -101,6 +139,7 @@ class ProducerSettings(BaseSettings):
     redis: RedisSettings = Field(default_factory=RedisSettings, description="Redis connection")
     s3: S3Settings = Field(default_factory=S3Settings, description="S3 connection (prefix enumeration)")
     queue: QueueSettings = Field(default_factory=QueueSettings, description="Backpressure")
+    feedback: FeedbackSettings = Field(default_factory=FeedbackSettings, description="Feedback store")
     default_model: str = Field(default="ffs-mj-5m", description="Model for jobs that name none")
     tenant: str = Field(default="default", description="Tenant used when the caller names none")
 

@@ -33,7 +33,16 @@ import secrets
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from producers.contract import TASK_NAME, WEBHOOK_TASK_NAME, JobMessage, JobResult, Priority, queue_name
+from producers.contract import (
+    DEFAULT_MODEL,
+    TASK_NAME,
+    WEBHOOK_TASK_NAME,
+    JobMessage,
+    JobResult,
+    Priority,
+    detector_set,
+    queue_name,
+)
 from producers.redaction import redact_url
 
 # Celery's limit (celery.app.amqp.AMQP.argsrepr_maxsize); ours is far shorter: argsrepr is for logs only.
@@ -58,9 +67,15 @@ class Pushable(Protocol):
     def lpush(self, name: str, *values: Any) -> Any: ...
 
 
-def queue_key(priority: Priority | str) -> str:
-    """The Redis list kombu's Redis transport consumes for a lane (broker priority 0 = the queue name)."""
-    return queue_name(priority)
+def queue_key(priority: Priority | str, model: str = DEFAULT_MODEL) -> str:
+    """The Redis list kombu's Redis transport consumes for a lane (broker priority 0 = the queue name): one per
+    priority and detector set (``model``, comma-separated names)."""
+    return queue_name(priority, detector_set(model))
+
+
+def lane_of(job: JobMessage) -> str:
+    """The lane ``job`` is pushed to: its priority's, for its set of detectors."""
+    return queue_name(job.priority, job.detectors)
 
 
 def job_fields(job: JobMessage) -> dict[str, Any]:
@@ -118,7 +133,7 @@ def build_message(job: JobMessage) -> dict[str, Any]:
       and Celery's ``retry`` only copies a non-None one; no ``body_encoding`` means a plain-text body.
       ``correlation_id``, ``reply_to`` and ``delivery_mode`` matter only to RPC result backends and AMQP.
     """
-    return _envelope(job.job_id, job.source, queue_key(job.priority), _dumps(job_fields(job)))
+    return _envelope(job.job_id, job.source, lane_of(job), _dumps(job_fields(job)))
 
 
 def encode_message(job: JobMessage) -> bytes:
@@ -134,7 +149,7 @@ def encode(job: JobMessage) -> tuple[bytes, str]:
     ``["acme","s3://b/k.jpg","ffs-mj-5m","bulk","2024-05-01T10:00:00Z",{"idempotency_key":"k1"}]``).
     :func:`message_from_ledger` rebuilds the same message from it."""
     fields = job_fields(job)
-    message = _envelope(job.job_id, job.source, queue_key(job.priority), _dumps(fields))
+    message = _envelope(job.job_id, job.source, lane_of(job), _dumps(fields))
     del fields["job_id"]
     values: list[Any] = [fields.pop(name) for name in LEDGER_FIELDS]
     return _dumps(message).encode(CONTENT_ENCODING), _dumps([*values, fields] if fields else values)
@@ -156,8 +171,8 @@ def message_from_ledger(job_id: str, stored: str | bytes) -> tuple[str, str, byt
     values, rest = parsed[:n], parsed[n] if len(parsed) > n else {}
     if not all(isinstance(v, str) for v in values) or not isinstance(rest, dict):
         raise ValueError(f"ledger value of job {job_id} is not a job's fields: {stored[:200]!r}")
-    tenant, source, _model, priority = values[:4]
-    lane = queue_key(priority)  # ValueError for an unknown lane
+    tenant, source, model, priority = values[:4]
+    lane = queue_key(priority, model)  # ValueError for an unknown lane
     message = _envelope(job_id, source, lane, _job_text(job_id, values, rest))
     return lane, tenant, _dumps(message).encode(CONTENT_ENCODING)
 
@@ -190,6 +205,6 @@ def push(target: Pushable, jobs: Iterable[JobMessage]) -> int:
     """LPUSH each job onto its lane's list through ``target`` (use a pipeline for throughput)."""
     count = 0
     for job in jobs:
-        target.lpush(queue_key(job.priority), encode_message(job))
+        target.lpush(lane_of(job), encode_message(job))
         count += 1
     return count

@@ -68,3 +68,18 @@ def s3_srv() -> Iterator[S3Server]:
 def http_srv() -> Iterator[HttpServer]:
     with http_server() as server:
         yield server
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Caches the code writes by default (ONNX graphs, downloaded weights) go to a session directory, not the
+    user's ~/.cache; worker processes the tests start inherit it, and share its exported graphs."""
+    import os
+
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if before is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = before

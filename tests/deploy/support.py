@@ -19,6 +19,7 @@ import yaml
 
 from worker.service.settings import MetricsSettings
 from worker.service.settings_doc import env_var_names
+from worker.service.supervisor import take_processes
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -75,6 +76,7 @@ def check_fakesake_argv(argv: list[str]) -> argparse.Namespace | None:
     if argv[0] == "worker":
         extra = list(args.celery_args)
         extra = extra[1:] if extra[:1] == ["--"] else extra
+        _, extra = take_processes(extra)  # fakesake's own worker option; the rest go to `celery worker`
         for token in extra:
             if token.startswith("-"):
                 option = token.split("=", 1)[0]

@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -34,8 +34,18 @@ FIGURES_PATH = Path(__file__).resolve().parents[2] / "bench" / "results" / "faul
 class ResultRecorder:
     """Records every final result of ``tenant`` as it appears (first value, later changes, announcements)."""
 
-    def __init__(self, redis_url: str, tenant: str, sweep_s: float = 0.25) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        tenant: str,
+        sweep_s: float = 0.25,
+        connect: Callable[[], redis.Redis] | None = None,
+    ) -> None:
         self.redis_url = redis_url
+        # a Sentinel group needs a client that asks the Sentinels for the primary (producers.connections)
+        self._connect = connect or (
+            lambda: redis.Redis.from_url(self.redis_url, socket_timeout=2, socket_connect_timeout=1)
+        )
         self.tenant = tenant
         self.sweep_s = sweep_s
         self.first: dict[str, bytes] = {}
@@ -99,7 +109,7 @@ class ResultRecorder:
     # -- the watcher ----------------------------------------------------------------------------------
     def _run(self) -> None:
         while not self._stop.is_set():
-            client = redis.Redis.from_url(self.redis_url, socket_timeout=2, socket_connect_timeout=1)
+            client = self._connect()
             pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
             try:
                 pubsub.subscribe(Keys.notify(self.tenant))
@@ -119,7 +129,7 @@ class ResultRecorder:
                 client.close()
         # a last sweep so the final state is recorded even if the loop slept through it
         try:
-            with redis.Redis.from_url(self.redis_url, socket_timeout=2) as client:
+            with self._connect() as client:
                 self._sweep(client)
         except redis.RedisError:
             pass

@@ -18,8 +18,10 @@ from pathlib import Path
 import redis as redis_py
 
 from producers.client import Producer
+from producers.connections import redis_from_settings
 from producers.settings import ProducerSettings, QueueSettings, RedisSettings
 from tests.faults.invariants import ResultRecorder, untraced
+from tests.support.sentinel import SentinelGroup
 from tests.support.servers import HttpServer, RedisServer, Route
 from tests.support.workers import WorkerProcess, worker_env
 
@@ -53,18 +55,29 @@ class Rig:
     s3_endpoint: str | None = None
     extra_ports: tuple[int, ...] = ()
     workers: dict[str, WorkerProcess] = field(default_factory=dict)
+    #: With a Sentinel group every process reaches Redis through it (``redis`` is then its first primary).
+    sentinel: SentinelGroup | None = None
     _client: redis_py.Redis | None = None
+
+    def redis_settings(self, **extra: object) -> RedisSettings:
+        """How the rig's processes reach Redis: the one server, or the Sentinel group's primary."""
+        if self.sentinel is not None:
+            return RedisSettings(url=self.sentinel.url, master_name=self.sentinel.master_name, **extra)  # type: ignore[arg-type]
+        return RedisSettings(url=self.redis.url, **extra)  # type: ignore[arg-type]
 
     @property
     def client(self) -> redis_py.Redis:
-        """A plain client for inspecting Redis (kombu's lists, the DLQ, counters)."""
+        """A plain client for inspecting Redis (kombu's lists, the DLQ, counters); follows a failover."""
         if self._client is None:
-            self._client = redis_py.Redis.from_url(self.redis.url, socket_timeout=5)
+            self._client = redis_from_settings(self.redis_settings(socket_timeout_s=5))
         return self._client
 
     def env(self, **extra: str) -> dict[str, str]:
+        settings = self.redis_settings()
+        if settings.master_name is not None:
+            extra = {"FAKESAKE_REDIS__MASTER_NAME": settings.master_name, **extra}
         return worker_env(
-            self.redis.url,
+            settings.url,
             self.weights,
             s3_endpoint=self.s3_endpoint,
             http_ports=(self.http.port, *self.extra_ports),
@@ -93,7 +106,7 @@ class Rig:
 
     def producer(self, max_depth: int = 100_000) -> Producer:
         settings = ProducerSettings(
-            redis=RedisSettings(url=self.redis.url, socket_timeout_s=2),
+            redis=self.redis_settings(socket_timeout_s=2),
             queue=QueueSettings(max_depth=max_depth),
             tenant=TENANT,
         )
@@ -110,7 +123,8 @@ class Rig:
         ]
 
     def recorder(self, tenant: str = TENANT) -> ResultRecorder:
-        return ResultRecorder(self.redis.url, tenant)
+        settings = self.redis_settings(socket_timeout_s=2)
+        return ResultRecorder(settings.url, tenant, connect=lambda: redis_from_settings(settings))
 
     def diagnose(self, pending: list[str]) -> str:
         """Where the pending jobs are: kombu's lanes, its unacked hash and restore mutex, open deliveries."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import subprocess
 import sys
 import uuid
@@ -14,9 +15,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis
 
+from producers import serving
 from producers.client import Producer
 from producers.connections import text
-from producers.contract import JobResult, Keys, Status
+from producers.contract import JobResult, Keys, Status, queue_name
 from producers.ratelimit import RedisRateLimiter
 from producers.settings import ProducerSettings, RedisSettings
 from tests.integration.conftest import Stack
@@ -161,6 +163,25 @@ def test_hostile_bodies_get_4xx_with_a_code(api: ApiServer, acme: str, raw: byte
     assert (answer.status, answer.code) == (status, code), answer.raw[:300]
 
 
+def test_detectors_no_live_worker_serves_are_refused_unless_queued_anyway(
+    api: ApiServer, api_db: str, acme: str
+) -> None:
+    client = redis.Redis.from_url(api_db)
+    advert = serving.Advert("api-test-worker", frozenset({"ffs-mj-5m", "kyc-ft"}))  # kyc-ft: a configured detector
+    serving.advertise(client, advert, forget_s=60)
+    try:
+        refused = api.call("POST", "/v1/jobs", body={"source": URL, "model": "ffs-sd-5m"}, key=acme)
+        assert (refused.status, refused.code) == (409, "unserved-model") and "ffs-sd-5m" in refused.raw.decode()
+        anyway = api.call(
+            "POST", "/v1/jobs", body={"source": URL, "model": "ffs-sd-5m", "queue_anyway": True}, key=acme
+        )
+        assert anyway.status == 202 and client.llen(queue_name("interactive", ["ffs-sd-5m"])) == 1
+        served = api.call("POST", "/v1/jobs", body={"source": URL, "model": "ffs-mj-5m,kyc-ft"}, key=acme)
+        assert served.status == 202 and client.llen(queue_name("interactive", ["ffs-mj-5m", "kyc-ft"])) == 1
+    finally:
+        serving.withdraw(client, advert)
+
+
 def test_a_huge_body_is_refused_unread_declared_or_chunked(api: ApiServer, acme: str) -> None:
     declared = api.call("POST", "/v1/jobs", key=acme, raw=b"x", headers={"Content-Length": str(10**9)})
     assert (declared.status, declared.code) == (413, "too-large")
@@ -225,13 +246,33 @@ def test_feedback_is_kept_with_the_score_for_finished_jobs_of_the_tenant_only(ap
     done = store.put_final(JobResult(job_id="fb-job-01", tenant="reviewer", source=URL, status=Status.OK, score=0.75))
     answer = api.call("POST", "/v1/jobs/fb-job-01/feedback", {"label": "human", "note": "passport scan"}, key=key)
     assert answer.status == 200 and (answer.json["label"], answer.json["score"]) == ("human", done.score)
-    stored = redis.Redis.from_url(api_db).hget("fakesake:feedback:reviewer", "fb-job-01")
-    assert stored is not None and json.loads(stored)["note"] == "passport scan"
+    assert api.call("GET", "/v1/jobs/fb-job-01/feedback", key=key).json["note"] == "passport scan"
     assert api.call("POST", "/v1/jobs/fb-job-01/feedback", {"label": "ai"}, key=other).code == "not-found"
+    assert api.call("GET", "/v1/jobs/fb-job-01/feedback", key=other).code == "not-found"
     assert api.call("POST", "/v1/jobs/fb-job-01/feedback", {"label": "cat"}, key=key).status == 422
     pending = api.call("POST", "/v1/jobs", {"source": URL}, key=key).json["job_ids"][0]
     too_early = api.call("POST", f"/v1/jobs/{pending}/feedback", {"label": "ai"}, key=key)
-    assert (too_early.status, too_early.code) == (422, "invalid-job")
+    assert (too_early.status, too_early.code) == (409, "not-finished") and int(too_early.headers["retry-after"]) >= 1
+    failed = store.put_final(JobResult(job_id="fb-job-02", tenant="reviewer", source=URL, status=Status.ERROR))
+    assert api.call("POST", f"/v1/jobs/{failed.job_id}/feedback", {"label": "ai"}, key=key).code == "invalid-job"
+    for n in range(3, 6):
+        store.put_final(JobResult(job_id=f"fb-job-{n:02d}", tenant="reviewer", source=URL, status=Status.OK, score=0.5))
+        assert api.call("POST", f"/v1/jobs/fb-job-{n:02d}/feedback", {"label": "ai"}, key=key).status == 200
+    relabel = api.call("POST", "/v1/jobs/fb-job-01/feedback", {"label": "ai"}, key=key)  # moves to the end
+
+    seen, cursor = [], None
+    while True:
+        page = api.call("GET", "/v1/feedback?limit=2" + (f"&cursor={cursor}" if cursor else ""), key=key).json
+        seen += [(r["job_id"], r["label"]) for r in page["feedback"]]
+        cursor = page["next_cursor"]
+        if not page["has_more"]:
+            break
+    assert seen == [("fb-job-03", "ai"), ("fb-job-04", "ai"), ("fb-job-05", "ai"), ("fb-job-01", "ai")]
+    since = relabel.json["received_at"].replace("+", "%2B")
+    assert [r["job_id"] for r in api.call("GET", f"/v1/feedback?since={since}", key=key).json["feedback"]] == [
+        "fb-job-01"
+    ]
+    assert api.call("GET", "/v1/feedback", key=other).json["feedback"] == []
 
 
 # --- limits -------------------------------------------------------------------------------------------
@@ -300,9 +341,102 @@ def test_submitted_over_http_scored_by_a_worker_read_over_http(stack: Stack, que
             assert answer.status == 200
             over_http = JobResult.model_validate(answer.json)
             assert over_http == stored[job_id] and over_http.status is Status.OK
-            assert over_http.score is not None and over_http.model == "ffs-mj-5m@1.0"
+            assert over_http.score is not None and over_http.model.startswith("ffs-mj-5m@1.0+")
         assert stored[ids[0]].score == stored[ids[1]].score  # the same bytes over HTTP and S3
         assert stored[ids[1]].etag == put["ETag"].strip('"')
         listed = server.call("GET", "/v1/jobs", key=key).json["results"]
         assert sorted(r["job_id"] for r in listed) == sorted(ids)
         assert Keys.result("e2e", ids[0]) in {text(k) for k in stack.client().keys("fakesake:result:e2e:*")}
+
+
+# --- direct upload ------------------------------------------------------------------------------------
+
+
+def multipart(data: bytes, field: str = "file") -> tuple[bytes, dict[str, str]]:
+    boundary = uuid.uuid4().hex
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="a.png"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def test_uploads_are_off_unless_configured(api: ApiServer, acme: str) -> None:
+    data = encode(photo(32, 32, seed=3), "PNG")
+    off = api.call("POST", "/v1/uploads", raw=data, key=acme, headers={"Content-Type": "image/png"})
+    assert (off.status, off.code) == (404, "not-found") and "UPLOAD_BUCKET" in off.json["error"]["message"]
+
+
+def test_uploaded_images_are_stored_per_tenant_and_scored_by_a_worker(
+    stack: Stack, queue_worker: WorkerProcess
+) -> None:
+    png = encode(photo(96, 80, seed=11), "PNG")
+    settings = {
+        "FAKESAKE_API__UPLOAD_BUCKET": stack.bucket,
+        "FAKESAKE_API__UPLOAD_PREFIX": "up",
+        "FAKESAKE_API__UPLOAD_MAX_BYTES": str(len(png) + 100),
+        "FAKESAKE_S3__ENDPOINT_URL": stack.s3.endpoint_url,
+        "FAKESAKE_S3__ACCESS_KEY_ID": "testing",
+        "FAKESAKE_S3__SECRET_ACCESS_KEY": "testing",
+        "FAKESAKE_S3__REGION": "us-east-1",
+    }
+    s3 = stack.s3.client()  # type: ignore[no-untyped-call]
+    with api_server(stack.redis_url, settings) as server:
+        key = new_key(stack.redis_url, "uploader")
+        raw = server.call("POST", "/v1/uploads?priority=bulk", raw=png, key=key, headers={"Content-Type": "image/png"})
+        assert raw.status == 202, raw.raw
+        body, headers = multipart(png)
+        form = server.call("POST", "/v1/uploads", raw=body, key=key, headers=headers)
+        assert form.status == 202, form.raw
+        today = datetime.now(UTC).strftime("%Y/%m/%d")
+        for answer in (raw, form):
+            source = answer.json["source"]
+            assert re.fullmatch(rf"s3://{stack.bucket}/up/uploader/{today}/[0-9a-f]{{32}}\.png", source), source
+            stored = s3.get_object(Bucket=stack.bucket, Key=source.split("/", 3)[3])
+            assert stored["Body"].read() == png and stored["ContentType"] == "image/png"
+        ids = [raw.json["job_id"], form.json["job_id"]]
+
+        # idempotency as for POST /v1/jobs: the same key returns the same job and stores nothing more
+        again = [
+            server.call("POST", "/v1/uploads", raw=png, key=key, headers={"Idempotency-Key": "up-1"}) for _ in range(2)
+        ]
+        assert [a.status for a in again] == [202, 202] and again[0].json["job_id"] == again[1].json["job_id"]
+        assert again[1].json["source"] is None
+        listed = s3.list_objects_v2(Bucket=stack.bucket, Prefix="up/uploader/")["KeyCount"]
+        assert listed == 3
+
+        # refusals: not an image whatever the header says, too large (declared or chunked), no file part
+        text_body = server.call("POST", "/v1/uploads", raw=b"GIF89? no", key=key, headers={"Content-Type": "image/gif"})
+        assert (text_body.status, text_body.code) == (415, "not-an-image")
+        big = png + b"\0" * 200
+        assert server.call("POST", "/v1/uploads", raw=big, key=key).code == "too-large"
+        assert chunked_upload(server, key, big) == "413 too-large"
+        body, headers = multipart(png, field="image")
+        assert server.call("POST", "/v1/uploads", raw=body, key=key, headers=headers).code == "invalid-job"
+        assert server.call("POST", "/v1/uploads", raw=png).status == 401
+        assert s3.list_objects_v2(Bucket=stack.bucket, Prefix="up/")["KeyCount"] == 3
+
+        producer = Producer(ProducerSettings(redis=RedisSettings(url=stack.redis_url)))
+        results = producer.wait(ids, tenant="uploader", timeout_s=60)
+        assert set(results) == set(ids)
+        # ffs-mj-5m@1.0 with the digest of the test's own (seeded) weights
+        assert all(r.status is Status.OK and (r.model or "").startswith("ffs-mj-5m@1.0+") for r in results.values())
+        assert results[ids[0]].score == results[ids[1]].score  # the same bytes, raw and multipart
+        assert server.call("GET", f"/v1/jobs/{ids[0]}", key=key).json["score"] == results[ids[0]].score
+
+
+def chunked_upload(server: ApiServer, key: str, data: bytes) -> str | None:
+    """POST ``data`` with chunked transfer encoding (no Content-Length); the answer's status and code."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        chunks = (data[i : i + 1000] for i in range(0, len(data), 1000))
+        auth = {"Authorization": f"Bearer {key}"}
+        conn.request("POST", "/v1/uploads", body=chunks, headers=auth, encode_chunked=True)
+        resp = conn.getresponse()
+        return f"{resp.status} {json.loads(resp.read())['error']['code']}"
+    finally:
+        conn.close()

@@ -35,3 +35,21 @@ def test_reading_open_deliveries_touches_only_ledger_jobs_and_counts_nothing(red
     assert counters.open_deliveries("not-in-the-ledger") == 0
     assert client.zscore(Keys.LEDGER_SEEN, "not-in-the-ledger") is None
     assert not client.exists(Keys.deliveries("not-in-the-ledger"))
+
+
+def test_arrive_reads_the_stored_result_and_the_open_deliveries_in_one_call(redis_url: str) -> None:
+    from producers.contract import JobResult, Status
+    from worker.stores.results import RedisResultStore
+
+    client = redis.Redis.from_url(redis_url)
+    client.zadd(Keys.LEDGER_SEEN, {"job-arrive1": 1.0})
+    counters = RedisJobCounters(client)
+    assert counters.arrive("acme", "job-arrive1") == (None, 0)
+    touched = client.zscore(Keys.LEDGER_SEEN, "job-arrive1")
+    assert touched is not None and touched > 1.0  # the job has arrived: its ledger entry is touched
+    counters.begin_delivery("job-arrive1")
+    assert counters.arrive("acme", "job-arrive1") == (None, 1)
+    result = JobResult(job_id="job-arrive1", tenant="acme", source="s3://b/k.jpg", status=Status.OK, score=0.5)
+    RedisResultStore(client, ttl_s=60, index_max=10).put_final(result)
+    assert counters.arrive("acme", "job-arrive1") == (result, 1)
+    assert counters.arrive("other", "job-arrive1") == (None, 1)  # results are tenant-scoped

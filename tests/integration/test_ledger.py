@@ -136,6 +136,15 @@ def test_a_worker_getting_a_job_touches_only_ledger_jobs(producer: Producer, cli
     assert _seen(client, "not-in-the-ledger") is None
 
 
+def test_many_touches_go_in_one_call_and_only_to_ledger_jobs(producer: Producer, client: redis.Redis) -> None:
+    ids = producer.enqueue([_job(), _job()])
+    pushed = [_seen(client, j) for j in ids]
+    Toucher(client).many([*ids, "not-in-the-ledger"])
+    touched = [_seen(client, j) for j in ids]
+    assert all(p is not None and t is not None and t > p for p, t in zip(pushed, touched, strict=True))
+    assert _seen(client, "not-in-the-ledger") is None
+
+
 @pytest.mark.parametrize("already_stored", [False, True])
 def test_put_final_removes_the_ledger_entry(producer: Producer, client: redis.Redis, already_stored: bool) -> None:
     job = _job()

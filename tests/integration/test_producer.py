@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import redis
 
-from producers import wire
+from producers import serving, wire
 from producers.client import Producer, QueueFullError
-from producers.contract import Keys, Priority, Status
+from producers.contract import Keys, Priority, Status, queue_name
 from producers.errors import ErrorCode, PermanentError
 from producers.settings import ProducerSettings, QueueSettings, RedisSettings
 from tests.integration.fake_worker import FakeWorker
@@ -38,8 +38,9 @@ def test_submit_queues_one_celery_message(producer: Producer, client: redis.Redi
         callback_url="https://hooks.example/cb",
         source_version=None,
     )
-    assert client.llen("fakesake.interactive") == 0
-    (raw,) = client.lrange("fakesake.bulk", 0, -1)
+    # a detector other than the default has lanes of its own: only workers serving it consume them
+    assert client.llen("fakesake.interactive") == 0 == client.llen("fakesake.bulk")
+    (raw,) = client.lrange(queue_name("bulk", ["ffs-sd-5m"]), 0, -1)
     envelope, job = wire.decode_message(raw)
     assert envelope["headers"]["id"] == job.job_id == job_id
     assert (job.tenant, job.source, job.model, job.priority) == (
@@ -48,6 +49,8 @@ def test_submit_queues_one_celery_message(producer: Producer, client: redis.Redi
         "ffs-sd-5m",
         Priority.BULK,
     )
+    assert producer.queue_depths() == {"interactive": 0, "bulk": 0}  # no live worker serves ffs-sd-5m
+    serving.advertise(client, serving.Advert("w1", frozenset({"ffs-sd-5m"})), forget_s=60)
     assert producer.queue_depths() == {"interactive": 0, "bulk": 1}
 
 

@@ -180,7 +180,8 @@ def test_mixed_jobs_each_get_one_correct_final_result(
         reference = scanned[str(expect.local)]
         assert result.score is not None
         worst = max(worst, abs(result.score - reference["score"]))
-        assert (result.label, result.band, result.model) == (reference["label"], reference["band"], MODEL_REF)
+        assert (result.label, result.band, result.model) == (reference["label"], reference["band"], reference["model"])
+        assert result.model.startswith(f"{MODEL_REF}+")  # name@version + the loaded weights' sha256
         assert result.attempts == (3 if expect.kind == "transient" else 1), source
         t = result.timings
         assert None not in (t.queued_ms, t.fetch_ms, t.decode_ms, t.inference_ms, t.total_ms), source
@@ -430,7 +431,7 @@ def test_cli_submit_wait_prints_one_record_per_job_with_source_as_given(
     assert [r["status"] for r in records] == ["ok", "ok", "error", "error"]
     assert [r["error"]["code"] for r in records[2:]] == ["not-found", "not-an-image"]
     assert records[0]["score"] == records[1]["score"], "same bytes over HTTP and S3, same score"
-    assert all(r["model"] == MODEL_REF for r in records) and len({r["job_id"] for r in records}) == 4
+    assert all(r["model"].startswith(f"{MODEL_REF}+") for r in records) and len({r["job_id"] for r in records}) == 4
 
 
 # --- 4. rate limit across two workers, and a real crash --------------------------------------------

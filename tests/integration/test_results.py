@@ -132,3 +132,19 @@ def test_s3_sink_failure_never_loses_the_redis_result(s3_srv: S3Server, client: 
     assert store.put_final(result) == result
     assert store.get("acme", result.job_id) == result
     assert (sink.written, sink.failures) == (0, 1)
+
+
+def test_put_final_can_close_the_jobs_delivery_count(redis_url: str) -> None:
+    import redis as redis_lib
+
+    from producers.contract import JobResult, Keys, Status
+    from worker.stores.counters import RedisJobCounters
+    from worker.stores.results import RedisResultStore
+
+    client = redis_lib.Redis.from_url(redis_url)
+    counters = RedisJobCounters(client)
+    for closes, job_id in ((False, "job-keeps-count"), (True, "job-closes-count")):
+        counters.begin_delivery(job_id)
+        result = JobResult(job_id=job_id, tenant="acme", source="s3://b/k.jpg", status=Status.OK, score=0.5)
+        RedisResultStore(client, ttl_s=60, index_max=10, closes_deliveries=closes).put_final(result)
+        assert bool(client.exists(Keys.deliveries(job_id))) is not closes

@@ -97,7 +97,9 @@ class SigningCA:
 
 
 @cache
-def signing_ca() -> SigningCA:
+def signing_ca(valid_days: int = 30) -> SigningCA:
+    """A fresh test CA and signer valid from yesterday for ``valid_days`` (docs/samples uses a long-lived one, so
+    its committed sample keeps validating)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -125,7 +127,7 @@ def signing_ca() -> SigningCA:
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=30))
+            .not_valid_after(now + datetime.timedelta(days=valid_days))
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         )
 
@@ -149,12 +151,17 @@ def signing_ca() -> SigningCA:
 
 
 def c2pa_signed(
-    data: bytes, mime: str = "image/jpeg", source_type: str = "trainedAlgorithmicMedia", remote_url: str | None = None
+    data: bytes,
+    mime: str = "image/jpeg",
+    source_type: str = "trainedAlgorithmicMedia",
+    remote_url: str | None = None,
+    ca: SigningCA | None = None,
 ) -> bytes:
-    """``data`` with a C2PA manifest (embedded, or only a pointer to ``remote_url``) signed by :func:`signing_ca`."""
+    """``data`` with a C2PA manifest (embedded, or only a pointer to ``remote_url``) signed by ``ca`` (default
+    :func:`signing_ca`)."""
     import c2pa
 
-    ca = signing_ca()
+    ca = ca or signing_ca()
     signer = c2pa.Signer.from_info(c2pa.C2paSignerInfo(c2pa.C2paSigningAlg.ES256, ca.chain_pem, ca.key_pem, None))
     manifest = {
         "claim_generator_info": [{"name": "FakesakeTestGen", "version": "1.0"}],
@@ -226,3 +233,37 @@ def hostile_metadata() -> dict[str, tuple[Callable[[], bytes], str | None]]:
             "metadata-unreadable",
         ),
     }
+
+
+def watermarked(
+    bits: tuple[int, ...],
+    width: int = 768,
+    height: int = 512,
+    seed: int = 3,
+    base: Image.Image | None = None,
+    float_pixels: bool = False,
+) -> Image.Image:
+    """A photo (or ``base``) carrying ``bits`` by invisible-watermark's own "dwtDct" encoder (a test-only
+    dependency): on uint8 pixels as the SD 1.x/2.x scripts call it, or (``float_pixels``) on float32 0..255 then
+    rounded, as SDXL's sgm/diffusers and FLUX call it. The default photo keeps every scheme's 8-bit mark over its
+    threshold."""
+    import numpy as np
+    from imwatermark import WatermarkEncoder
+
+    encoder = WatermarkEncoder()
+    encoder.set_watermark("bits", list(bits))
+    bgr = np.ascontiguousarray(np.asarray(base or photo(width, height, seed))[..., ::-1])
+    if float_pixels:
+        marked = np.clip(np.round(encoder.encode(bgr.astype(np.float32), "dwtDct")), 0, 255).astype(np.uint8)
+    else:
+        marked = encoder.encode(bgr, "dwtDct")
+    return Image.fromarray(np.ascontiguousarray(marked[..., ::-1]), "RGB")
+
+
+def library_bits(rgb: object, length: int) -> list[bool]:
+    """What invisible-watermark's own decoder reads from RGB pixels (it takes BGR, as from ``cv2.imread``)."""
+    import numpy as np
+    from imwatermark import WatermarkDecoder
+
+    bgr = np.ascontiguousarray(np.asarray(rgb)[..., ::-1])
+    return [bool(b) for b in WatermarkDecoder("bits", length).decode(bgr, "dwtDct")]

@@ -76,12 +76,12 @@ def test_eval_writes_scores_report_and_plots(run: tuple[int, Path], corpus: Path
     broken = [r for r in rows if r["source"].endswith("broken.jpg")]
     assert [(r["status"], r["error"]["code"], r["truth"]) for r in broken] == [("error", "not-an-image", "human")] * 3
     ok = [r for r in rows if r["status"] == "ok"]
-    assert all(0 <= r["score"] <= 1 and r["model"] == "ffs-mj-5m@1.0" for r in ok)
+    assert all(0 <= r["score"] <= 1 and r["model"].startswith("ffs-mj-5m@1.0+") for r in ok)  # + weights sha
     # label is the pipeline's verdict (the band's), as in every record; the truth is its own key
     assert all(r["label"] == {"ai": "ai", "human": "human", "uncertain": None}[r["band"]] for r in ok)
 
     report = json.loads((out / "report.json").read_text())
-    assert report["model"] == "ffs-mj-5m@1.0"
+    assert report["model"] == ok[0]["model"]
     assert [(d["name"], d["label"], d["n"], d["n_failed"]) for d in report["datasets"]] == [
         ("real", "human", 5, 1),
         ("ai", "ai", 4, 0),

@@ -40,6 +40,12 @@ CASES: dict[str, tuple[list[dict[str, Any]], str, bool]] = {
     "generator": ([{"kind": "generator-metadata", "tool": "comfyui", "key": "prompt"}], "provenance", False),
     "watermark over": ([{"kind": "watermark", "matched_bits": 46, "of": 48, "threshold": 40}], "provenance", False),
     "watermark under": ([{"kind": "watermark", "matched_bits": 33, "of": 48, "threshold": 40}], "model", False),
+    "watermark at threshold": (
+        [{"kind": "watermark", "scheme": "sdxl", "matched_bits": 40, "of": 48, "threshold": 40}],
+        "provenance",
+        False,
+    ),
+    "watermark unreadable": ([failed("watermark", "metadata-unreadable", "truncated")], "model", False),
     "capture beside a generator": (
         [{**XMP, "digital_source_type": "digitalCapture"}, {"kind": "generator-metadata", "tool": "novelai"}],
         "provenance",

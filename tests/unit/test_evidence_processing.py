@@ -14,7 +14,7 @@ class EvidencePreparer:
     def __init__(self, entries: list[dict[str, Any]] | None) -> None:
         self.entries = entries
 
-    def prepare(self, source: str, version: str | None = None) -> Prepared:
+    def prepare(self, source: str, version: str | None = None, *, tenant: str | None = None) -> Prepared:
         return Prepared(tensor=source, fetch_ms=1.0, decode_ms=2.0, evidence=self.entries)
 
 

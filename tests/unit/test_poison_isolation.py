@@ -59,7 +59,9 @@ class HeldPreparer(ScriptedPreparer):
         self.overlaps: list[tuple[str, set[str]]] = []
         self.lock = threading.Lock()
 
-    def prepare(self, source: str, version: str | None = None):  # type: ignore[no-untyped-def]
+    def prepare(  # type: ignore[no-untyped-def]
+        self, source: str, version: str | None = None, *, tenant: str | None = None
+    ):
         with self.lock:
             self.overlaps.append((source, set(self.running)))
             self.running.add(source)

@@ -79,7 +79,7 @@ class ScriptedPreparer:
         self.errors = list(errors)
         self.calls = 0
 
-    def prepare(self, source: str, version: str | None = None) -> Prepared:
+    def prepare(self, source: str, version: str | None = None, *, tenant: str | None = None) -> Prepared:
         self.calls += 1
         if self.errors:
             raise self.errors.pop(0)
@@ -310,7 +310,7 @@ def test_store_outages_do_not_count_as_dead_deliveries() -> None:
 
 def test_queued_time_excludes_the_time_spent_processing() -> None:
     class SlowPreparer(ScriptedPreparer):
-        def prepare(self, source: str, version: str | None = None) -> Prepared:
+        def prepare(self, source: str, version: str | None = None, *, tenant: str | None = None) -> Prepared:
             time.sleep(0.3)
             return super().prepare(source, version)
 

@@ -55,14 +55,14 @@ def test_envelope_has_kombu_redis_shape() -> None:
 @pytest.mark.parametrize(
     ("extra", "absent"),
     [
-        ({}, {"schema_version", "idempotency_key", "callback_url", "source_version"}),
+        ({}, {"schema_version", "idempotency_key", "callback_url", "source_version", "fusion"}),
         (
             {"idempotency_key": "k1", "callback_url": "https://hooks.example/x"},
-            {"schema_version", "source_version"},
+            {"schema_version", "source_version", "fusion"},
         ),
         (
             {"source_version": "v7", "priority": Priority.BULK},
-            {"schema_version", "idempotency_key", "callback_url"},
+            {"schema_version", "idempotency_key", "callback_url", "fusion"},
         ),
     ],
 )
@@ -168,7 +168,7 @@ def test_the_ledger_value_rebuilds_the_same_message(extra: dict[str, Any]) -> No
     message, stored = wire.encode(job)
     assert _without_tag(message) == _without_tag(wire.encode_message(job))
     lane, tenant, rebuilt = wire.message_from_ledger(job.job_id, stored)
-    assert (lane, tenant) == (queue_name(job.priority), job.tenant)
+    assert (lane, tenant) == (queue_name(job.priority, job.detectors), job.tenant) == (wire.lane_of(job), job.tenant)
     assert _without_tag(rebuilt) == _without_tag(message)
     assert json.loads(rebuilt)["body"] == json.loads(message)["body"]  # the job text, byte for byte
     tags = [json.loads(m)["properties"]["delivery_tag"] for m in (message, rebuilt)]

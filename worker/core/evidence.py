@@ -8,7 +8,9 @@ An *entry* is one signal read from the image's own bytes (a dict, JSON as stored
 - ``score`` is always the model's P(AI); evidence never changes it.
 - Evidence is positive only. A valid AI claim sets ``band`` (and so ``label``) to ``ai`` and ``decided_by`` to
   ``provenance``. AI claims: a C2PA manifest (``trusted`` or ``valid``) or XMP with the IPTC digital source type
-  ``trainedAlgorithmicMedia`` / ``algorithmicMedia``; generator metadata; a watermark at or over its threshold.
+  ``trainedAlgorithmicMedia`` / ``algorithmicMedia``; generator metadata; an invisible watermark whose
+  ``matched_bits`` (of its scheme's ``of``) reach its ``threshold``, a count chosen so that an unmarked image gets
+  there by chance about once in a million (:mod:`worker.evidence.watermark`); fewer matches are reported only.
   A ``valid`` but untrusted manifest decides too: a forged claim of *AI* only hurts its forger.
 - ``compositeWithTrainedAlgorithmicMedia`` (AI-edited) sets the ``ai_edited`` flag and decides nothing: a real
   photo with one AI-filled region is not a generated image, and the model's band stands.
@@ -19,15 +21,21 @@ An *entry* is one signal read from the image's own bytes (a dict, JSON as stored
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
 
 from producers.contract import Band, Verdict
 from worker.core.verdict import label_of
 
 Entry = dict[str, Any]
-Inspect = Callable[[bytes], list[Entry]]
-"""Image bytes -> provenance entries (never raises for bad metadata: such entries carry ``error``)."""
+
+
+class Inspect(Protocol):
+    """Image bytes -> provenance entries (never raises for bad metadata: such entries carry ``error``). ``tenant``
+    selects that tenant's C2PA trust anchors, where it has its own."""
+
+    def __call__(self, data: bytes, tenant: str | None = None) -> list[Entry]: ...
+
 
 MODEL = "model"
 PROVENANCE = "provenance"

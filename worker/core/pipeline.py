@@ -13,24 +13,27 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from producers.contract import Band, ErrorInfo, Label, Status, Timings, Verdict
+from producers.contract import Band, DetectorScore, ErrorInfo, Fusion, Label, Status, Timings
 from producers.errors import FakesakeError, as_fakesake_error
 from worker.core.batcher import Batcher
-from worker.core.calibration import Calibration
-from worker.core.evidence import Entry, Inspect, failed, fuse
+from worker.core.calibration import Calibration, Calibrations
+from worker.core.ensemble import Judgement, Member, judge, judge_ensemble
+from worker.core.evidence import Entry, Inspect, failed
 from worker.core.ports import Fetcher
 from worker.core.registry import DetectorSpec, Thresholds
-from worker.core.verdict import verdict
+
+__all__ = ["Judgement", "Member", "Outcome", "Pipeline", "Prepared", "Preparer", "Scanner", "judge"]
 
 log = logging.getLogger(__name__)
 
 Decode = Callable[[bytes], Any]
-"""Image bytes -> one model input (raises FakesakeError with a code for bad images)."""
+"""Image bytes -> one model input, or a tuple of them, one per distinct preprocessing of several detectors
+(raises FakesakeError with a code for bad images)."""
 
 
 def _ms(start: float) -> float:
@@ -65,35 +68,12 @@ class Outcome:
     raw_score: float | None = None  # the model's own score, when a calibration mapped it to ``score``
     calibration: str | None = None  # the calibration's id; set on every outcome of a calibrated pipeline
     evidence: dict[str, Any] = field(default_factory=dict)  # ok outcomes: worker.core.evidence.summarise's shape
+    detectors: list[DetectorScore] | None = None  # ensembles: each detector's result (score/band are fused)
+    fusion: Fusion | None = None
 
     @property
     def ok(self) -> bool:
         return self.status is Status.OK
-
-
-@dataclass(frozen=True)
-class Judgement:
-    """What one scored image is: the verdict after calibration and provenance, the ``evidence`` field, and which
-    bytes were read (S3 version id and ETag)."""
-
-    verdict: Verdict
-    evidence: dict[str, Any]
-    source_version: str | None
-    etag: str | None
-
-
-def judge(
-    score: float,
-    spec: DetectorSpec,
-    thresholds: Thresholds | None,
-    calibration: Calibration | None,
-    prepared_meta: dict[str, Any],
-    evidence: list[Entry] | None,
-) -> Judgement:
-    """The one way a score becomes a verdict, for scans and jobs alike: calibrate and band it, then let
-    provenance raise the band (never lower it)."""
-    v, fields = fuse(verdict(score, spec, thresholds, calibration), evidence)
-    return Judgement(v, fields, prepared_meta.get("version_id"), prepared_meta.get("etag"))
 
 
 class Preparer:
@@ -105,9 +85,11 @@ class Preparer:
         self.decode = decode
         self.inspect = inspect
 
-    def prepare(self, source: str, version: str | None = None, spent: dict[str, float] | None = None) -> Prepared:
+    def prepare(
+        self, source: str, version: str | None = None, spent: dict[str, float] | None = None, tenant: str | None = None
+    ) -> Prepared:
         """Raises FakesakeError with a code. ``spent`` receives stage timings as they complete, so a caller
-        still knows the fetch time when decoding fails."""
+        still knows the fetch time when decoding fails. ``tenant`` selects its own C2PA trust anchors."""
         spent = {} if spent is None else spent
         start = time.perf_counter()
         fetched = self.fetcher.fetch(source, version=version)
@@ -115,15 +97,15 @@ class Preparer:
         start = time.perf_counter()
         tensor = self.decode(fetched.data)
         spent["decode_ms"] = _ms(start)
-        evidence = self._evidence(fetched.data) if self.inspect is not None else None
+        evidence = self._evidence(fetched.data, tenant) if self.inspect is not None else None
         return Prepared(tensor, spent["fetch_ms"], spent["decode_ms"], dict(fetched.meta), evidence)
 
-    def _evidence(self, data: bytes) -> list[Entry]:
+    def _evidence(self, data: bytes, tenant: str | None) -> list[Entry]:
         """Inspection runs after a successful decode (a bad image fails first, as before) and can never fail the
         image: a reader that raises is reported as one ``internal`` entry."""
         assert self.inspect is not None
         try:
-            return self.inspect(data)
+            return self.inspect(data, tenant)
         except Exception as exc:
             log.exception("evidence reader failed")
             return [failed("metadata", "internal", f"{type(exc).__name__}: {exc}")]
@@ -135,7 +117,7 @@ class _InFlight:
 
     source: str
     submitted: float
-    score: Future[float] | None = None
+    scores: list[Future[float]] | None = None  # one per detector
     error: FakesakeError | None = None
     spent: dict[str, float] = field(default_factory=dict)  # stage timings, kept when a later stage fails
     source_meta: dict[str, Any] = field(default_factory=dict)
@@ -143,7 +125,11 @@ class _InFlight:
 
 
 class Pipeline:
-    """Classify many sources in batches with per-item error isolation (``fakesake scan``, engine processes)."""
+    """Classify many sources in batches with per-item error isolation (``fakesake scan``, engine processes).
+
+    One detector, or an ensemble (``members``): each source is fetched and decoded once, and its input goes to
+    every detector's batcher; the outcome carries each detector's result and the ``fusion`` of them.
+    """
 
     def __init__(
         self,
@@ -155,9 +141,13 @@ class Pipeline:
         prepare_threads: int = 2,
         thresholds: Thresholds | None = None,
         calibration: Calibration | None = None,
+        members: Sequence[Member] = (),
+        batchers: Sequence[Batcher] = (),
+        fusion: Fusion = Fusion.MAX,
     ) -> None:
         """``window``: sources prepared ahead of the one being reported (two batches keep the model busy).
-        ``calibration``: maps every score (its thresholds replace ``thresholds``)."""
+        ``calibration``: maps every score (its thresholds replace ``thresholds``). ``members`` (with their
+        ``batchers``, the first being ``batcher``): several detectors instead of ``spec``'s alone."""
         if window < 1 or prepare_threads < 1:
             raise ValueError("window and prepare_threads must be >= 1")
         self.spec = spec
@@ -167,6 +157,10 @@ class Pipeline:
         self.prepare_threads = prepare_threads
         self.thresholds = thresholds or spec.thresholds
         self.calibration = calibration
+        self.members = tuple(members) or (Member(spec, batcher.submit, self.thresholds, Calibrations(calibration)),)
+        self.batchers = tuple(batchers) or (batcher,)
+        self.fusion = fusion
+        self.model = ",".join(m.spec.identity for m in self.members)
 
     def _start(self, item: _InFlight) -> _InFlight:
         try:
@@ -174,9 +168,10 @@ class Pipeline:
             item.source_meta = prepared.source_meta
             item.evidence = prepared.evidence
             submitted = time.perf_counter()
-            item.score = self.batcher.submit(prepared.tensor)
-            # queue wait + the batch's forward pass, as the worker reports it
-            item.score.add_done_callback(lambda _: item.spent.__setitem__("inference_ms", _ms(submitted)))
+            item.scores = [m.infer(m.model_input(prepared.tensor)) for m in self.members]
+            # queue wait + the batch's forward pass, as the worker reports it (the last detector's, in an ensemble)
+            for score in item.scores:
+                score.add_done_callback(lambda _: item.spent.__setitem__("inference_ms", _ms(submitted)))
         except FakesakeError as exc:
             item.error = exc
         except Exception as exc:
@@ -202,30 +197,36 @@ class Pipeline:
             while pending:
                 item = pending.popleft().result()
                 refill()
-                if item.score is not None:
-                    self._await_score(item.score, pending)
+                for score in item.scores or ():
+                    self._await_score(score, pending)
                 yield self._outcome(item)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
     def _await_score(self, score: Future[float], pending: deque[Future[_InFlight]]) -> None:
-        """Wait for ``score``; once every source in the window is prepared, nothing more can join the batch
-        being collected, so close it rather than wait out its deadline."""
+        """Wait for ``score``; once every source in the window is prepared, nothing more can join the batches
+        being collected, so close them rather than wait out their deadline."""
         while not score.done():
             preparing = [f for f in pending if not f.done()]
             if not preparing:
-                self.batcher.flush()
+                for batcher in self.batchers:
+                    batcher.flush()
                 wait([score])
                 return
             watched: list[Future[Any]] = [score, *preparing]
             wait(watched, return_when=FIRST_COMPLETED)
 
+    def stop(self) -> None:
+        """Stop the batching threads."""
+        for batcher in self.batchers:
+            batcher.stop()
+
     def _outcome(self, item: _InFlight) -> Outcome:
         error = item.error
-        score: float | None = None
-        if item.score is not None:
+        scores: list[float] | None = None
+        if item.scores is not None:
             try:
-                score = item.score.result()
+                scores = [score.result() for score in item.scores]
             except Exception as exc:
                 log.error("batch prediction failed (source=%s): %s", item.source, exc)
                 error = as_fakesake_error(exc)
@@ -235,14 +236,20 @@ class Pipeline:
             inference_ms=item.spent.get("inference_ms"),
             total_ms=_ms(item.submitted),
         )
-        if error is not None or score is None:
+        if error is not None or scores is None:
             err = error or as_fakesake_error(RuntimeError("no score"))
             info = ErrorInfo(code=err.code.value, message=err.message, retryable=err.retryable)
             calibration_id = self.calibration.id if self.calibration is not None else None
             return Outcome(
-                item.source, Status.ERROR, self.spec.ref, error=info, timings=timings, calibration=calibration_id
+                item.source, Status.ERROR, self.model, error=info, timings=timings, calibration=calibration_id
             )
-        j = judge(score, self.spec, self.thresholds, self.calibration, item.source_meta, item.evidence)
+        if len(self.members) == 1:
+            m = self.members[0]
+            cal = m.calibrations.default
+            j = judge(scores[0], m.spec, m.thresholds, cal, item.source_meta, item.evidence)
+        else:
+            cals = [m.calibrations.default for m in self.members]
+            j = judge_ensemble(scores, self.members, cals, self.fusion, item.source_meta, item.evidence)
         v = j.verdict
         return Outcome(
             item.source,
@@ -257,6 +264,8 @@ class Pipeline:
             raw_score=v.raw_score,
             calibration=v.calibration,
             evidence=j.evidence,
+            detectors=j.detectors,
+            fusion=j.fusion,
         )
 
 
@@ -293,6 +302,6 @@ class Scanner:
 
     def close(self) -> None:
         """Stop the batching thread and the engine processes."""
-        self.pipeline.batcher.stop()
+        self.pipeline.stop()
         if self.pool is not None:
             self.pool.close()

@@ -8,22 +8,22 @@ re-driven; a job whose earlier deliveries died mid-processing (a poison message)
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from producers.contract import ErrorInfo, JobMessage, JobResult, Status, Timings
+from producers.contract import ErrorInfo, Fusion, JobMessage, JobResult, Status, Timings
 from producers.errors import ErrorCode, FakesakeError, PermanentError, TransientError, as_fakesake_error
 from producers.redaction import redact_url as redact
 from worker.core.calibration import Calibrations
-from worker.core.pipeline import Prepared, judge
+from worker.core.ensemble import Member, judge, judge_ensemble
+from worker.core.isolation import IsolationGate
+from worker.core.pipeline import Prepared
 from worker.core.ports import RateLimiter, ResultStore
 from worker.core.registry import DetectorSpec, Thresholds
 from worker.core.retry import RetryPolicy
@@ -76,46 +76,12 @@ class JobCounters(Protocol):
     def attempts(self, job_id: str) -> int: ...
 
 
-class IsolationGate:
-    """A shared/exclusive lock over one worker process's jobs, preferring the exclusive side.
+class Arrivals(Protocol):
+    """The two reads every delivery starts with, in one round trip (they cost a Redis call each otherwise)."""
 
-    Ordinary deliveries hold it shared; a delivery that must not share its process (a suspected poison
-    job's last chance) waits for the running jobs to finish, keeps new ones out, and runs alone.
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._shared = 0
-        self._exclusive = False
-        self._waiting = 0
-
-    @contextlib.contextmanager
-    def shared(self) -> Iterator[None]:
-        with self._cond:
-            self._cond.wait_for(lambda: not self._exclusive and not self._waiting)
-            self._shared += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._shared -= 1
-                self._cond.notify_all()
-
-    @contextlib.contextmanager
-    def exclusive(self) -> Iterator[None]:
-        with self._cond:
-            self._waiting += 1
-            try:
-                self._cond.wait_for(lambda: not self._exclusive and self._shared == 0)
-            finally:
-                self._waiting -= 1
-            self._exclusive = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._exclusive = False
-                self._cond.notify_all()
+    def arrive(self, tenant: str, job_id: str) -> tuple[JobResult | None, int]:
+        """The job's final result if stored, and its open deliveries as ``JobCounters.open_deliveries``."""
+        ...
 
 
 class DeadLetterSink(Protocol):
@@ -123,7 +89,7 @@ class DeadLetterSink(Protocol):
 
 
 class Preparer(Protocol):
-    def prepare(self, source: str, version: str | None = None) -> Prepared: ...
+    def prepare(self, source: str, version: str | None = None, *, tenant: str | None = None) -> Prepared: ...
 
 
 @dataclass
@@ -144,11 +110,21 @@ class JobProcessor:
     clock: Callable[[], float] = time.monotonic
     isolation: IsolationGate = field(default_factory=lambda: IsolationGate())
     calibrations: Calibrations = field(default_factory=Calibrations)  # the job's tenant picks its own, if any
+    # Several detectors by name (``spec``'s alone when None): a job names one, or several for an ensemble
+    members: Mapping[str, Member] | None = None
+    fusion: Fusion = Fusion.MAX  # for ensemble jobs that name no rule
+    arrivals: Arrivals | None = None  # store.get + counters.open_deliveries in one call, where the stores offer it
+    # The store's put_final also closes the job's delivery count, in the same write (no end_delivery after it)
+    store_closes_deliveries: bool = False
+
+    def __post_init__(self) -> None:
+        if self.members is None:
+            self.members = {self.spec.name: Member(self.spec, self.infer, self.thresholds, self.calibrations)}
 
     def process(self, job: JobMessage, reserved: frozenset[str] = frozenset()) -> Decision:
         """Decide one delivery of ``job``; ``reserved`` names the rate limits whose slot it already holds."""
         started = self.clock()
-        existing = self.store.get(job.tenant, job.job_id)
+        existing, prior = self._arrive(job)
         if existing is not None:
             log.info("job already has a final result (%s); not processing again", existing.status)
             self.counters.end_delivery(job.job_id)
@@ -157,10 +133,15 @@ class JobProcessor:
         # Jobs redelivered after a crash come back together. On its last delivery before it would be
         # dead-lettered, a job runs alone in this process, so a poison job cannot take an innocent
         # batch-mate down with it on every delivery (which would dead-letter both).
-        prior = self.counters.open_deliveries(job.job_id)
         last_chance = 0 < prior == self.retry.max_deliveries - 1
         with self.isolation.exclusive() if last_chance else self.isolation.shared():
             return self._deliver(job, started, reserved)
+
+    def _arrive(self, job: JobMessage) -> tuple[JobResult | None, int]:
+        if self.arrivals is not None:
+            return self.arrivals.arrive(job.tenant, job.job_id)
+        existing = self.store.get(job.tenant, job.job_id)
+        return existing, 0 if existing is not None else self.counters.open_deliveries(job.job_id)
 
     def _deliver(self, job: JobMessage, started: float, reserved: frozenset[str]) -> Decision:
         open_deliveries = self.counters.begin_delivery(job.job_id)
@@ -179,7 +160,8 @@ class JobProcessor:
             # delivery, or a few store outages in a row would finish a healthy job as poison.
             self._end_delivery_quietly(job.job_id)
             raise
-        self.counters.end_delivery(job.job_id)
+        if not (self.store_closes_deliveries and isinstance(decision, Finished)):
+            self.counters.end_delivery(job.job_id)
         return decision
 
     def _end_delivery_quietly(self, job_id: str) -> None:
@@ -210,15 +192,20 @@ class JobProcessor:
 
     def _run(self, job: JobMessage, started: float, deliveries: int) -> Decision:
         attempt = self.counters.next_attempt(job.job_id)
-        if job.model != self.spec.name:
+        assert self.members is not None
+        names = job.detectors
+        picked = [self.members[n] for n in names if n in self.members]
+        if len(picked) != len(names):
+            served = ", ".join(m.spec.identity for m in self.members.values())
             wrong_model = PermanentError(
-                ErrorCode.UNKNOWN_MODEL, f"this worker serves {self.spec.ref}; job asks for {job.model!r}"
+                ErrorCode.UNKNOWN_MODEL, f"this worker serves {served}; job asks for {job.model!r}"
             )
             return self._fail(job, wrong_model, started, attempts=attempt, deliveries=deliveries)
         try:
-            prepared = self.preparer.prepare(job.source, job.source_version)
+            prepared = self.preparer.prepare(job.source, job.source_version, tenant=job.tenant)
             t_infer = self.clock()
-            score = self.infer(prepared.tensor).result(timeout=self.inference_timeout_s)
+            futures = [m.infer(m.model_input(prepared.tensor)) for m in picked]
+            scores = [f.result(timeout=self.inference_timeout_s) for f in futures]
             inference_ms = (self.clock() - t_infer) * 1000
         except Exception as exc:
             err = as_fakesake_error(exc)
@@ -230,8 +217,13 @@ class JobProcessor:
                 return RetryLater(countdown, err)
             return self._fail(job, err, started, attempts=attempt, deliveries=deliveries)
 
-        calibration = self.calibrations.for_tenant(job.tenant)
-        j = judge(score, self.spec, self.thresholds, calibration, prepared.source_meta, prepared.evidence)
+        cals = [m.calibrations.for_tenant(job.tenant) for m in picked]
+        if len(picked) == 1:
+            m = picked[0]
+            j = judge(scores[0], m.spec, m.thresholds, cals[0], prepared.source_meta, prepared.evidence)
+        else:
+            rule = job.fusion or self.fusion
+            j = judge_ensemble(scores, picked, cals, rule, prepared.source_meta, prepared.evidence)
         v = j.verdict
         total_ms = (self.clock() - started) * 1000
         timings = Timings(
@@ -257,12 +249,19 @@ class JobProcessor:
             etag=j.etag,
             raw_score=v.raw_score,
             calibration=v.calibration,
+            detectors=j.detectors,
+            fusion=j.fusion,
         )
         return Finished(self.store.put_final(result))
 
     def fail_internal(self, job: JobMessage, exc: BaseException) -> Finished:
         """Finish ``job`` as ``internal`` after an unexpected error outside the per-image path."""
         return self._fail(job, as_fakesake_error(exc), self.clock())
+
+    def _model_of(self, job: JobMessage) -> str:
+        """The identities of the detectors ``job`` names (a name as given when this worker does not serve it)."""
+        members = self.members or {}
+        return ",".join(members[n].spec.identity if n in members else n for n in job.detectors)
 
     def _fail(
         self, job: JobMessage, err: FakesakeError, started: float, *, attempts: int | None = None, deliveries: int = 1
@@ -275,7 +274,7 @@ class JobProcessor:
             tenant=job.tenant,
             source=redact(job.source),
             status=Status.ERROR,
-            model=self.spec.ref,
+            model=self._model_of(job),
             error=info,
             attempts=max(attempts, 1),
             timings=Timings(queued_ms=_queued_ms(job, total_ms), total_ms=total_ms),

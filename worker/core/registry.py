@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from producers.contract import DEFAULT_MODEL
 from producers.errors import ConfigError, ErrorCode
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -67,11 +68,25 @@ class DetectorSpec:
     labels: tuple[str, ...] = ("by human", "by AI")
     thresholds: Thresholds = field(default_factory=Thresholds)
     description: str = ""
+    weights: str | None = None  # where the weights come from (file, hf-hub:, s3://); None = the hub repo
+    calibration: str | None = None  # a calibration file that comes with these weights
+    origin: str = "built-in"  # built-in, the detectors file, or the entry point that declared it
+    weights_sha256: str | None = None  # of the weights actually loaded (set by the loader)
+    revision: str | None = None  # the hub commit the weights came from, when they came from the hub
 
     @property
     def ref(self) -> str:
-        """``name@version``, stamped on every result."""
+        """``name@version``: what calibrations and the registry call the detector."""
         return f"{self.name}@{self.version}"
+
+    @property
+    def identity(self) -> str:
+        """``name@version+<sha256[:12]>`` (plus ``.hf.<revision[:12]>`` for hub weights): stamped on every
+        result, so an audit can tell which weights produced a verdict. Just ``ref`` before weights are loaded."""
+        if self.weights_sha256 is None:
+            return self.ref
+        rev = f".hf.{self.revision[:12]}" if self.revision else ""
+        return f"{self.ref}+{self.weights_sha256[:12]}{rev}"
 
     def with_overrides(self, **changes: object) -> DetectorSpec:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -135,6 +150,10 @@ _SPECS: dict[str, DetectorSpec] = {
         ),
     )
 }
+
+
+#: The detector a job that names none gets (the wire contract's default too).
+DEFAULT = DEFAULT_MODEL
 
 
 def names() -> list[str]:

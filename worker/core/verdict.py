@@ -45,9 +45,9 @@ def verdict(
             score=calibrated,
             label=label_of(band),
             band=band,
-            model=spec.ref,
+            model=spec.identity,
             raw_score=score,
             calibration=calibration.id,
         )
     band = band_of(score, thresholds or spec.thresholds)
-    return Verdict(score=score, label=label_of(band), band=band, model=spec.ref)
+    return Verdict(score=score, label=label_of(band), band=band, model=spec.identity)

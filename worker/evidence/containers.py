@@ -39,6 +39,7 @@ class Metadata:
     xmp: list[bytes] = field(default_factory=list)
     exif: list[bytes] = field(default_factory=list)  # TIFF-headed EXIF blocks
     c2pa: bool = False  # a C2PA/JUMBF box is present (JPEG APP11, PNG caBX, WebP C2PA)
+    lossless: bool = False  # PNG, or WebP whose image is VP8L: pixels as the writer left them
     problems: list[tuple[str, str]] = field(default_factory=list)  # (error code, message)
     _total: int = 0
 
@@ -110,7 +111,7 @@ def _jpeg(data: bytes, limits: Limits) -> Metadata:
 
 
 def _png(data: bytes, limits: Limits) -> Metadata:
-    meta = Metadata("png")
+    meta = Metadata("png", lossless=True)
     pos, end = len(PNG_SIGNATURE), len(data)
     while pos + 8 <= end:
         length, kind = struct.unpack(">I4s", data[pos : pos + 8])
@@ -192,4 +193,6 @@ def _webp(data: bytes, limits: Limits) -> Metadata:
             meta.exif.append(body[len(EXIF_JPEG_HEADER) :] if body.startswith(EXIF_JPEG_HEADER) else body)
         elif kind == b"C2PA":
             meta.c2pa = True
+        elif kind == b"VP8L":
+            meta.lossless = True
     return meta

@@ -36,14 +36,17 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from producers.contract import parse_s3_uri
 from producers.errors import ConfigError
 from worker.core.registry import DetectorSpec
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from worker.inference.ffs_module import FFSDetector as FFSDetector
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +58,14 @@ _LIST_MAX = 8
 S3ClientFactory = Callable[[], Any]
 
 
-class FFSDetector(nn.Module):
-    """timm backbone + the FFS two-layer head; ``forward`` returns the class logits."""
+def __getattr__(name: str) -> Any:
+    # torch is imported on first use only: resolving and hashing weights (all a start-up with a cached ONNX
+    # graph does here) must not pay for it.
+    if name == "FFSDetector":
+        from worker.inference.ffs_module import FFSDetector
 
-    def __init__(self, backbone: nn.Module, num_features: int, hidden: int, num_classes: int) -> None:
-        super().__init__()
-        self.model = backbone
-        self.clf = nn.Sequential(nn.Linear(num_features, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.clf(self.model(x))  # type: ignore[no-any-return]
+        return FFSDetector
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,8 @@ def build_module(spec: DetectorSpec) -> FFSDetector:
     as a context manager to get keys and shapes without allocating)."""
     import timm
 
+    from worker.inference.ffs_module import FFSDetector
+
     try:
         backbone = timm.create_model(spec.arch, pretrained=False, num_classes=0)
     except RuntimeError as exc:  # timm: "Unknown model (...)"
@@ -91,6 +94,8 @@ def build_module(spec: DetectorSpec) -> FFSDetector:
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``auto`` = CUDA when available, else CPU."""
+    import torch
+
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -101,6 +106,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 def save_checkpoint(module: nn.Module, path: Path) -> Path:
     """Write ``module``'s weights in the published on-disk format (a plain ``state_dict``)."""
+    import torch
+
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(module.state_dict(), path)
     return path
@@ -309,6 +316,8 @@ def _from_s3(spec: DetectorSpec, uri: str, cache_dir: Path | None, factory: S3Cl
 
 def read_checkpoint(path: Path) -> Any:
     """``torch.load(weights_only=True)``: tensors and plain containers only, never arbitrary pickles."""
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling and I/O errors alike mean "not a usable checkpoint"

@@ -1,9 +1,11 @@
 """ONNX Runtime (CPU) implementation of the ``Classifier`` protocol, exported from the loaded torch module.
 
-Selected with ``FAKESAKE_MODEL__BACKEND=onnx``. At start the strictly loaded torch module is exported to an
-in-memory ONNX graph (fp32, dynamic batch) and an ORT session is built from it, so there is one source of
-weights (the checkpoint) and no second file to keep in sync. ``auto`` picks it on CPU whenever onnxruntime is
-installed; speed figures are in ``python -m bench --only knobs``.
+Selected with ``FAKESAKE_MODEL__BACKEND=onnx``. The strictly loaded torch module is exported to an ONNX graph
+(fp32, dynamic batch; :mod:`worker.inference.onnx_export`) and an ORT session is built from it, so there is one
+source of weights (the checkpoint). The graph is cached on disk under the weights' sha256
+(:mod:`worker.inference.graph_cache`), and this module imports no torch: a process whose graph is cached runs
+on onnxruntime, Pillow and numpy alone. ``auto`` picks it on CPU whenever onnxruntime is installed; speed
+figures are in ``python -m bench --only knobs``.
 
 Parity (ffs-mj-5m, seeded weights, 48 photo-like JPEGs, exact preprocessing): P(AI) within 1.7e-5 of the
 model card pipeline (2.1e-5 with graph optimisations off; opsets 13/17/18 alike), logits within 1.4e-4. That is
@@ -18,85 +20,104 @@ because the engine's prepare threads need the same cores for decoding while the 
 
 from __future__ import annotations
 
-import io
 import logging
-import warnings
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from producers.errors import ConfigError
-from worker.inference.loader import LoadedDetector
-from worker.inference.torch_classifier import p_ai
+from worker.core.registry import DetectorSpec
+
+if TYPE_CHECKING:
+    from worker.inference.loader import LoadedDetector
 
 log = logging.getLogger(__name__)
 
+# Names fixed by worker.inference.onnx_export (not imported from there: it imports torch).
 _INPUT, _OUTPUT = "x", "logits"
 
 
-def export_onnx(module: torch.nn.Module, size_px: int, *, opset: int = 17) -> bytes:
-    """``module`` (on CPU, in eval) as an ONNX graph with a dynamic batch axis."""
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        # The TorchScript exporter (and helpers it calls) is deprecated in favour of the torch.export one, which
-        # needs onnxscript (not a dependency); it exports timm convnets exactly, which the parity test checks.
-        # Only DeprecationWarnings, only during this call, which runs once at start.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            module,
-            (torch.zeros(1, 3, size_px, size_px),),
-            buf,  # type: ignore[arg-type]  # the TorchScript exporter writes to file objects too
-            input_names=[_INPUT],
-            output_names=[_OUTPUT],
-            dynamic_axes={_INPUT: {0: "batch"}, _OUTPUT: {0: "batch"}},
-            opset_version=opset,
-            dynamo=False,
-        )
-    return buf.getvalue()
+def export_graph(detector: LoadedDetector) -> bytes:
+    """``detector``'s module as an ONNX graph (imports torch); ConfigError when the export fails."""
+    from worker.inference.onnx_export import export_onnx
+
+    try:
+        return export_onnx(detector.module.eval(), detector.spec.preprocessing.size_px)
+    except Exception as exc:
+        raise ConfigError(f"cannot export {detector.spec.ref} to ONNX: {type(exc).__name__}: {exc}") from exc
+
+
+def session(graph: bytes, threads: int) -> Any:
+    """An ORT CPU session for ``graph``; ConfigError without onnxruntime. A broken graph raises ORT's error."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise ConfigError("model.backend onnx needs onnxruntime: pip install 'fakesake[worker]'") from exc
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads  # 0 = one per physical core
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
 
 class OnnxClassifier:
     """P(AI) per input from an ORT session; the contract of
-    :class:`~worker.inference.torch_classifier.TorchClassifier`."""
+    :class:`~worker.inference.torch_classifier.TorchClassifier`. Inputs are numpy arrays
+    (:mod:`worker.inference.pixels`) or torch tensors (:mod:`worker.inference.preprocess`)."""
 
-    def __init__(self, detector: LoadedDetector, *, threads: int = 0, graph: bytes | None = None) -> None:
-        """``threads``: ORT intra-op threads (0 = one per physical core); ``graph``: an already exported
-        ONNX graph of ``detector`` (default: export it now)."""
-        if detector.device.type != "cpu":
+    def __init__(
+        self,
+        detector: LoadedDetector | None = None,
+        *,
+        threads: int = 0,
+        graph: bytes | None = None,
+        spec: DetectorSpec | None = None,
+        ready_session: Any = None,
+    ) -> None:
+        """Either ``detector`` (exported now unless ``graph`` is given), or ``graph`` + ``spec`` alone (no torch).
+        ``threads``: ORT intra-op threads (0 = one per physical core); ``ready_session``: a session already
+        built from ``graph`` with these threads (the graph cache builds one to validate an entry)."""
+        if detector is not None and detector.device.type != "cpu":
             raise ConfigError(f"model.backend onnx runs on CPU only, not {detector.device}; use backend torch")
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:
-            raise ConfigError("model.backend onnx needs onnxruntime: pip install 'fakesake[worker]'") from exc
+        if detector is None and (graph is None or spec is None):
+            raise ValueError("OnnxClassifier needs a detector, or a graph and its spec")
         self.detector = detector
-        self.device = detector.device
+        self.spec: DetectorSpec = spec or detector.spec  # type: ignore[union-attr]
+        self.device = "cpu"
         self.threads = threads
         if graph is None:
-            try:
-                graph = export_onnx(detector.module.eval(), detector.spec.preprocessing.size_px)
-            except Exception as exc:
-                raise ConfigError(f"cannot export {detector.spec.ref} to ONNX: {type(exc).__name__}: {exc}") from exc
+            assert detector is not None
+            graph = export_graph(detector)
         self.graph = graph
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads  # 0 = one per physical core
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        self._session = ready_session if ready_session is not None else session(graph, threads)
         log.info(
-            "onnx backend ready for %s (%d bytes of graph, %s threads)",
-            detector.spec.ref,
-            len(graph),
-            threads or "auto",
+            "onnx backend ready for %s (%d bytes of graph, %s threads)", self.spec.ref, len(graph), threads or "auto"
         )
 
-    def predict(self, batch: Sequence[torch.Tensor] | torch.Tensor) -> list[float]:
-        """P(AI) for each (3, H, W) input of ``batch`` (or an (N, 3, H, W) tensor)."""
+    def predict(self, batch: Sequence[Any]) -> list[float]:
+        """P(AI) for each (3, H, W) input of ``batch`` (or an (N, 3, H, W) array or tensor)."""
         if len(batch) == 0:
             return []
-        x = batch if isinstance(batch, torch.Tensor) else torch.stack(list(batch))
-        array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        array = _as_array(batch)
         (logits,) = self._session.run([_OUTPUT], {_INPUT: array})
-        return p_ai(torch.from_numpy(logits), self.detector.spec.ai_index)
+        return p_ai(logits, self.spec.ai_index)
+
+
+def _as_array(batch: Sequence[Any]) -> np.ndarray:
+    if hasattr(batch, "detach"):  # a torch (N, 3, H, W) tensor
+        return np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
+    if isinstance(batch, np.ndarray):
+        return np.ascontiguousarray(batch, dtype=np.float32)
+    items = [x.detach().cpu().numpy() if hasattr(x, "detach") else x for x in batch]
+    return np.ascontiguousarray(np.stack(items), dtype=np.float32)
+
+
+def p_ai(logits: np.ndarray, ai_index: int) -> list[float]:
+    """P(AI) per row of ``logits``: the softmax in fp32, as :func:`worker.inference.torch_classifier.p_ai`."""
+    x = logits.astype(np.float32, copy=False)
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    scores: list[float] = (e[:, ai_index] / e.sum(axis=1)).tolist()
+    return scores

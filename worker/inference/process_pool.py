@@ -19,6 +19,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 import weakref
@@ -40,9 +41,24 @@ log = logging.getLogger(__name__)
 
 STOP_TIMEOUT_S = 5.0  # a child between chunks exits at once; one mid-chunk is killed after this
 LOOKAHEAD = 2  # chunks dispatched or done per child ahead of the next one to yield (bounds buffered outcomes)
-# Imported once by the fork server, so each child starts without importing torch/timm itself (seconds per child on
-# 2 busy cores). Importing starts no torch thread pool; ORT is left to the children. __main__ is the stdlib default.
-FORKSERVER_PRELOAD = ["__main__", "worker.service.builder", "worker.inference.loader", "worker.fetch.router"]
+# Imported once by the fork server, so each child starts without importing them itself. __main__ is the stdlib
+# default. Importing starts no torch or ORT thread pool (sessions are the children's).
+FORKSERVER_PRELOAD = [
+    "__main__",
+    "worker.service.builder",
+    "worker.inference.onnx_start",
+    "worker.inference.pixels",
+    "worker.fetch.router",
+]
+# Added when the parent itself needed torch (a torch backend, the tensor mode, a graph not cached yet): then the
+# children need it too, and importing torch/timm per child costs seconds on 2 busy cores. A parent that started
+# from a cached ONNX graph leaves them out, and its children start without them (~7 s of imports saved each).
+TORCH_PRELOAD = ["torch", "timm", "worker.inference.loader", "worker.inference.preprocess"]
+
+
+def preload_modules() -> list[str]:
+    """What the fork server imports: :data:`FORKSERVER_PRELOAD`, plus torch's when this process imported it."""
+    return FORKSERVER_PRELOAD + (TORCH_PRELOAD if "torch" in sys.modules else [])
 
 
 def _context() -> ForkServerContext | SpawnContext:
@@ -50,7 +66,7 @@ def _context() -> ForkServerContext | SpawnContext:
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
     # A process-wide setting; it only takes effect if the fork server is not running yet.
-    context.set_forkserver_preload(FORKSERVER_PRELOAD)
+    context.set_forkserver_preload(preload_modules())
     return context
 
 

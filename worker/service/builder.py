@@ -12,19 +12,21 @@ import ipaddress
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from producers.contract import Fusion
 from producers.errors import ConfigError
 from producers.s3 import make_s3_client
-from worker.core import registry
 from worker.core.batcher import Batcher
 from worker.core.batching import BatchPolicy
 from worker.core.calibration import Calibration, Calibrations
+from worker.core.catalog import Catalog
+from worker.core.ensemble import Member
 from worker.core.evidence import Inspect
 from worker.core.pipeline import Decode, Pipeline, Preparer, Scanner
 from worker.core.processing import RateLimitPolicy
@@ -110,7 +112,7 @@ def evidence_reader(settings: WorkerSettings) -> Inspect | None:
     if not installed:
         raise ConfigError("evidence.enabled is true but the 'evidence' extra (c2pa-python, defusedxml) is missing")
     from worker.evidence.containers import Limits
-    from worker.evidence.reader import EvidencePolicy, EvidenceReader
+    from worker.evidence.reader import EvidencePolicy, EvidenceReader, load_tenant_anchors
 
     anchors = None
     if e.trust_anchors_file:
@@ -120,7 +122,12 @@ def evidence_reader(settings: WorkerSettings) -> Inspect | None:
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"evidence.trust_anchors_file: {exc}") from None
     limits = Limits(max_blocks=e.max_blocks, max_block_bytes=e.max_block_bytes, max_total_bytes=e.max_total_bytes)
-    return EvidenceReader(EvidencePolicy(e.include_prompts, e.c2pa, anchors, limits))
+    try:
+        tenants = load_tenant_anchors(e.tenant_trust_anchors_dir) if e.tenant_trust_anchors_dir else {}
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"evidence.tenant_trust_anchors_dir: {exc}") from None
+    policy = EvidencePolicy(e.include_prompts, e.c2pa, anchors, limits, e.watermark, e.watermark_max_px, tenants)
+    return EvidenceReader(policy)
 
 
 # --- fetching ---------------------------------------------------------------------------------------------
@@ -170,6 +177,13 @@ class LoadedModel:
     calibrations: Calibrations = field(default_factory=Calibrations)
     weights_path: str | None = None  # the local file the weights came from
 
+    def __post_init__(self) -> None:
+        # Results name the weights actually loaded (name@version+sha256[:12]), never just the registry entry.
+        if self.weights_path is not None and self.spec.weights_sha256 is None:
+            path = Path(self.weights_path)
+            stamped = self.spec.with_overrides(weights_sha256=weights_sha256(path), revision=hub_revision(path))
+            object.__setattr__(self, "spec", stamped)
+
 
 def usable_cores() -> int:
     from worker.inference.process_pool import usable_cores as cores
@@ -190,44 +204,138 @@ def decode_policy(settings: WorkerSettings, spec: DetectorSpec) -> DecodePolicy:
 
 
 def load_model(settings: WorkerSettings, *, s3_client_factory: Callable[[], Any] | None = None) -> LoadedModel:
-    """Load the configured detector on the configured backend (ConfigError if unusable)."""
+    """Load the configured detector on the configured backend (ConfigError if unusable).
+
+    The ONNX backend starts from the graph cache (``model.onnx_cache_dir``): with the graph cached and ``exact``
+    or ``fast`` preprocessing (numpy inputs, :mod:`worker.inference.pixels`) the process imports neither torch
+    nor timm. A configured detector's declared weights and calibration apply unless settings name others."""
+    spec = catalog(settings).get(served_names(settings)[0])
+    declared = {"weights": spec.weights, "calibration": spec.calibration}
+    if unset := {k: v for k, v in declared.items() if v is not None and getattr(settings.model, k) is None}:
+        settings = settings.model_copy(update={"model": settings.model.model_copy(update=unset)})
+    model = settings.model
+    limits = thresholds(settings, spec)
+    policy = decode_policy(settings, spec)
+    factory = s3_client_factory or partial(make_s3_client, settings.s3)
+    if model.backend == "onnx" or (model.backend == "auto" and find_spec("onnxruntime") and _cpu(model.device)):
+        return _load_onnx(settings, spec, limits, policy, factory)
+
     import torch
 
     from worker.inference.loader import load_detector
     from worker.inference.preprocess import from_bytes
     from worker.inference.torch_classifier import TorchClassifier
 
-    model = settings.model
-    spec = registry.get(model.name)
-    limits = thresholds(settings, spec)
     if model.threads:
         torch.set_num_threads(model.threads)
     detector = load_detector(
-        spec,
-        model.weights,
-        revision=model.revision,
-        device=model.device,
-        s3_client_factory=s3_client_factory or partial(make_s3_client, settings.s3),
+        spec, model.weights, revision=model.revision, device=model.device, s3_client_factory=factory
     )
-    policy = decode_policy(settings, spec)
-    classifier: Classifier
-    backend = model.backend
-    if backend == "auto":
-        backend = "onnx" if detector.device.type == "cpu" and find_spec("onnxruntime") else "torch"
-    if backend == "onnx":
-        from worker.inference.onnx_classifier import OnnxClassifier
-
-        # Half the cores by default: the prepare threads decode on the rest, and at 1024^2 JPEG decode and
-        # model cost about the same per core. On the shared 2-core machine, engine img/s interleaved over 5
-        # passes: 1 ORT thread median 14.1 vs 2 threads 9.5 (1 thread ahead in 4 of 5; load was heavy).
-        classifier = OnnxClassifier(detector, threads=model.threads or max(1, usable_cores() // 2))
-    else:
-        classifier = TorchClassifier(detector, amp=model.autocast)
-    log.info("model backend %s (setting %s) on %s", backend, model.backend, detector.device)
-    decode = partial(from_bytes, policy=policy, pre=spec.preprocessing)
+    classifier = TorchClassifier(detector, amp=model.autocast)
+    log.info("model backend torch (setting %s) on %s", model.backend, detector.device)
+    # tensor mode on a GPU: nvJPEG decode and the resize run there (worker.inference.preprocess)
+    on_gpu = str(detector.device) if detector.device.type == "cuda" and model.preprocess == "tensor" else None
+    decode = partial(from_bytes, policy=policy, pre=spec.preprocessing, device=on_gpu)
     cals = calibrations(settings, spec, detector.path)
     weights_path = str(detector.path) if detector.path is not None else None
     return LoadedModel(spec, limits, classifier, decode, str(detector.device), cals, weights_path)
+
+
+def _cpu(device: str) -> bool:
+    from worker.inference.onnx_start import runs_on_cpu
+
+    return runs_on_cpu(device)
+
+
+def graph_cache_dir(settings: WorkerSettings) -> Path | None:
+    """Where ONNX graphs are cached (``model.onnx_cache_dir``), or None for no cache."""
+    from worker.inference.graph_cache import default_cache_dir
+
+    value = settings.model.onnx_cache_dir
+    if value is None:
+        return default_cache_dir()
+    return Path(value) if value.strip() else None
+
+
+def _load_onnx(
+    settings: WorkerSettings, spec: DetectorSpec, limits: Thresholds, policy: DecodePolicy, factory: Callable[[], Any]
+) -> LoadedModel:
+    from worker.inference.loader import load_detector, resolve_weights
+    from worker.inference.onnx_start import load_onnx
+
+    model = settings.model
+    if not _cpu(model.device):
+        raise ConfigError(f"model.backend onnx runs on CPU only, not {model.device}; use backend torch")
+    path = resolve_weights(spec, model.weights, revision=model.revision, s3_client_factory=factory)
+    # Half the cores by default: the prepare threads decode on the rest, and at 1024^2 JPEG decode and
+    # model cost about the same per core. On the shared 2-core machine, engine img/s interleaved over 5
+    # passes: 1 ORT thread median 14.1 vs 2 threads 9.5 (1 thread ahead in 4 of 5; load was heavy).
+    threads = model.threads or max(1, usable_cores() // 2)
+    load = partial(load_detector, spec, path, device="cpu")
+    classifier = load_onnx(spec, path, threads=threads, cache_dir=graph_cache_dir(settings), load=load)
+    if model.preprocess == "tensor":  # torchvision decode: torch is imported anyway
+        import torch
+
+        from worker.inference.preprocess import from_bytes
+
+        if model.threads:
+            torch.set_num_threads(model.threads)
+        decode: Decode = partial(from_bytes, policy=policy, pre=spec.preprocessing)
+    else:
+        from worker.inference import pixels
+
+        decode = partial(pixels.from_bytes, policy=policy, pre=spec.preprocessing)
+    log.info("model backend onnx (setting %s) on cpu", model.backend)
+    return LoadedModel(spec, limits, classifier, decode, "cpu", calibrations(settings, spec, path), str(path))
+
+
+def catalog(settings: WorkerSettings) -> Catalog:
+    """Built-in detectors, those of installed packages and those of ``model.detectors_file``."""
+    from worker.service.detectors import load_catalog
+
+    return load_catalog(settings.model.detectors_file)
+
+
+def served_names(settings: WorkerSettings) -> list[str]:
+    """The detectors this process serves: ``model.names``, else ``model.name`` (either may list several)."""
+    names = [n.strip() for n in (settings.model.names or settings.model.name).split(",") if n.strip()]
+    if not names or len(set(names)) != len(names):
+        given = settings.model.names or settings.model.name
+        raise ConfigError(f"model.names: need distinct detector names, got {given!r}")
+    return names
+
+
+def hub_revision(path: Path) -> str | None:
+    """The commit of a file in a Hugging Face cache (``.../snapshots/<commit>/<file>``), else None."""
+    return path.parent.name if path.parent.parent.name == "snapshots" else None
+
+
+def load_models(settings: WorkerSettings) -> list[LoadedModel]:
+    """Every detector of :func:`served_names`, each with the settings of one (ConfigError naming the first that
+    cannot load). With several, ``model.weights`` may only be a folder holding each one's published file (a
+    snapshot directory); otherwise each detector's declared weights, else its hub repo, apply. Calibrations are
+    declared per detector in ``model.detectors_file``."""
+    names = served_names(settings)
+    if len(names) == 1:
+        return [load_model(settings)]
+    model = settings.model
+    if model.calibration is not None or model.calibration_dir is not None:
+        raise ConfigError(
+            "model.calibration and model.calibration_dir serve one detector; with several, declare each one's "
+            "calibration in model.detectors_file"
+        )
+    if model.weights is not None and not Path(model.weights).is_dir():
+        raise ConfigError(
+            f"model.weights {model.weights} is one file but {len(names)} detectors are served; declare each one's "
+            "weights in model.detectors_file, or give a folder holding their weights files"
+        )
+    cat = catalog(settings)
+    loaded = []
+    for name in names:
+        weights = cat.get(name).weights or model.weights
+        one = model.model_copy(update={"name": name, "names": None, "weights": weights})
+        loaded.append(load_model(settings.model_copy(update={"model": one})))
+    return loaded
 
 
 @lru_cache(maxsize=8)
@@ -280,7 +388,9 @@ def calibrations(settings: WorkerSettings, spec: DetectorSpec, weights_path: Pat
     sha = weights_sha256(weights_path)
     for cal in [default, *tenants.values()]:
         if cal is not None:
-            cal.check_weights(spec.ref, sha)
+            # A configured detector is new weights under a new name: `fakesake finetune` fits its calibration under
+            # the base's name, so the weights' sha256 alone ties them.
+            cal.check_weights(spec.ref if spec.origin == "built-in" else cal.model, sha)
     log.info(
         "calibration: %s for every job, %d tenant calibrations (%s)",
         default.id if default is not None else "none",
@@ -293,19 +403,49 @@ def calibrations(settings: WorkerSettings, spec: DetectorSpec, weights_path: Pat
 # --- scan and engine processes ----------------------------------------------------------------------------
 
 
-def pipeline(settings: WorkerSettings, source_fetcher: Fetcher, loaded: LoadedModel | None = None) -> Pipeline:
-    """A scan pipeline (this process: prepare threads, one batching thread, the model)."""
-    loaded = loaded or load_model(settings)
+def shared_decode(models: Sequence[LoadedModel]) -> tuple[Decode, list[int | None]]:
+    """One decode for several detectors, and which of its outputs each one takes: detectors with the same
+    preprocessing (the 5M pair) share one input; distinct preprocessings each get theirs from the same bytes."""
+    keys = list(dict.fromkeys(m.spec.preprocessing for m in models))
+    if len(keys) == 1:
+        return models[0].decode, [None] * len(models)
+    decodes = tuple(next(m.decode for m in models if m.spec.preprocessing == k) for k in keys)
+    return partial(_decode_each, decodes), [keys.index(m.spec.preprocessing) for m in models]
+
+
+def _decode_each(decodes: tuple[Decode, ...], data: bytes) -> tuple[Any, ...]:
+    return tuple(decode(data) for decode in decodes)
+
+
+def members(models: Sequence[LoadedModel], infers: Sequence[Callable[[Any], Any]]) -> list[Member]:
+    """The :class:`Member` of each loaded detector, scoring through ``infers`` (a batcher's submit each)."""
+    _, inputs = shared_decode(models)
+    return [
+        Member(m.spec, infer, m.thresholds, m.calibrations, i)
+        for m, infer, i in zip(models, infers, inputs, strict=True)
+    ]
+
+
+def pipeline(
+    settings: WorkerSettings, source_fetcher: Fetcher, loaded: LoadedModel | Sequence[LoadedModel] | None = None
+) -> Pipeline:
+    """A scan pipeline (this process: prepare threads, one batching thread per detector, the models). Several
+    detectors (``model.names``) make an ensemble, fused by ``model.fusion``."""
+    models = [loaded] if isinstance(loaded, LoadedModel) else list(loaded or load_models(settings))
     policy = BatchPolicy(max_size=settings.batch.max_size, max_wait_s=SCAN_BATCH_WAIT_S)
-    batcher = Batcher(loaded.classifier.predict, policy).start()
+    batchers = [Batcher(m.classifier.predict, policy).start() for m in models]
+    first = models[0]
     return Pipeline(
-        loaded.spec,
-        Preparer(source_fetcher, loaded.decode, evidence_reader(settings)),
-        batcher,
+        first.spec,
+        Preparer(source_fetcher, shared_decode(models)[0], evidence_reader(settings)),
+        batchers[0],
         window=2 * settings.batch.max_size,
         prepare_threads=settings.batch.prepare_threads,
-        thresholds=loaded.thresholds,
-        calibration=loaded.calibrations.default,
+        thresholds=first.thresholds,
+        calibration=first.calibrations.default,
+        members=members(models, [b.submit for b in batchers]) if len(models) > 1 else (),
+        batchers=batchers,
+        fusion=Fusion(settings.model.fusion),
     )
 
 
@@ -352,10 +492,10 @@ def scanner(
     (``processes=False``: this process alone). ``loaded``: a model already loaded from these settings.
     ``wrap_fetcher`` (picklable) wraps every fetcher, here and in engine processes (``fakesake eval``'s
     perturbations re-encode the fetched bytes this way)."""
-    loaded = loaded or load_model(settings)
+    models = [loaded] if loaded is not None else load_models(settings)
     source_fetcher: Fetcher = fetcher(settings, allow_local_files=True, client=client, job_retries=False)
-    here = pipeline(settings, wrap_fetcher(source_fetcher) if wrap_fetcher else source_fetcher, loaded)
-    pool = engine_pool(settings, loaded.device.split(":")[0], loaded.spec.ref, wrap_fetcher) if processes else None
+    here = pipeline(settings, wrap_fetcher(source_fetcher) if wrap_fetcher else source_fetcher, models)
+    pool = engine_pool(settings, models[0].device.split(":")[0], here.model, wrap_fetcher) if processes else None
     return Scanner(here, pool, settings.batch.max_size)
 
 
@@ -375,6 +515,7 @@ def worker_runtime(settings: WorkerSettings) -> WorkerRuntime:
     from worker.service.runtime import BoundedPreparer, DeferredToucher, WorkerRuntime, ping_redis
     from worker.service.slots import SlotPlan
     from worker.service.telemetry import Telemetry
+    from worker.stores.adverts import Advertiser
     from worker.stores.counters import RedisJobCounters
     from worker.stores.ledger import LedgerSweeper, SweepThread, Toucher
     from worker.stores.ratelimit import RedisRateLimiter
@@ -392,38 +533,48 @@ def worker_runtime(settings: WorkerSettings) -> WorkerRuntime:
     t0 = time.monotonic()
     try:
         s3 = s3_client(settings)
-        loaded = load_model(settings)
+        models = load_models(settings)
     except BaseException:
         telemetry.stop()  # the slot's ports and heartbeat file are free for the next worker at once
         raise
-    telemetry.model_loaded(loaded.spec.ref, time.monotonic() - t0)
+    loaded = models[0]
+    served = ",".join(m.spec.identity for m in models)
+    telemetry.model_loaded(served, time.monotonic() - t0)
     batches = batch_policy(settings)
-    batcher = Batcher(loaded.classifier.predict, batches, observer=telemetry.observe_batch).start()
+    batchers = [Batcher(m.classifier.predict, batches, observer=telemetry.observe_batch).start() for m in models]
+    batcher = batchers[0]
     dead_letters = DeadLetters(client)
-    store: Any = RedisResultStore(client, ttl_s=settings.results.ttl_s, index_max=settings.results.index_max)
+    store: Any = RedisResultStore(
+        client, ttl_s=settings.results.ttl_s, index_max=settings.results.index_max, closes_deliveries=True
+    )
     if settings.results.s3_prefix:
         # the sink is best effort with no retry layer of its own: boto3's retries are its only ones
         sink = S3ResultSink(s3_client(settings, job_retries=False), settings.results.s3_prefix)
         store = SinkingResultStore(store, sink)
+    counters = RedisJobCounters(client)
     processor = JobProcessor(
         spec=loaded.spec,
         preparer=BoundedPreparer(
-            Preparer(fetcher(settings, client=s3), loaded.decode, evidence_reader(settings)),
+            Preparer(fetcher(settings, client=s3), shared_decode(models)[0], evidence_reader(settings)),
             settings.batch.prepare_threads,
         ),
         infer=batcher.submit,
         store=store,
-        counters=RedisJobCounters(client),
+        counters=counters,
+        arrivals=counters,  # the result read and the open-deliveries read in one script
+        store_closes_deliveries=True,  # the result write closes the delivery count (closes_deliveries above)
         dead_letters=dead_letters,
         limiter=RedisRateLimiter(client),
         retry=retry_policy(settings),
         rate=rate_limit_policy(settings),
         thresholds=loaded.thresholds,
         calibrations=loaded.calibrations,
+        members={m.spec.name: m for m in members(models, [b.submit for b in batchers])},
+        fusion=Fusion(settings.model.fusion),
     )
     log.info(
         "worker ready: %s on %s, batch<=%d wait<=%.0fms",
-        loaded.spec.ref,
+        served,
         loaded.device,
         batches.max_size,
         settings.batch.max_wait_ms,
@@ -432,7 +583,8 @@ def worker_runtime(settings: WorkerSettings) -> WorkerRuntime:
     if settings.ledger.sweep_interval_s > 0:
         sweeper = LedgerSweeper(client, grace_s=settings.ledger.grace_s, batch=settings.ledger.batch)
         ledger = SweepThread(sweeper, settings.ledger.sweep_interval_s, on_report=telemetry.ledger_swept).start()
-    touch = DeferredToucher(Toucher(client)).start()
+    touch = DeferredToucher(Toucher(client).many).start()
+    adverts = Advertiser(client, [m.spec.name for m in models], settings.metrics.heartbeat_interval_s).start()
     return WorkerRuntime(
         processor=processor,
         batcher=batcher,
@@ -443,6 +595,8 @@ def worker_runtime(settings: WorkerSettings) -> WorkerRuntime:
         ledger=ledger,
         touch=touch,
         heartbeat_interval_s=settings.metrics.heartbeat_interval_s,
+        more_batchers=tuple(batchers[1:]),
+        adverts=adverts,
     )
 
 

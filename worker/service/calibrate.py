@@ -82,7 +82,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     refs = sorted({r["model"] for r in ok if r.get("model")})
     if len(refs) != 1:
         raise ConfigError(f"need scores of exactly one model, found {refs or 'none'}")
-    model = refs[0]
+    model = refs[0].partition("+")[0]  # name@version: the file names the weights by their full sha256 below
     content = fitting.build(
         np.array([_raw(r) for r in ok]),
         np.array([r["truth"] == AI for r in ok], dtype=int),

@@ -27,31 +27,47 @@ from celery.exceptions import Reject
 from kombu.entity import Queue
 from pydantic import ValidationError
 
-from producers.connections import broker_url, celery_ssl_options
-from producers.contract import ALL_QUEUES, TASK_NAME, WEBHOOK_TASK_NAME, JobMessage, JobResult
-from producers.errors import ErrorCode, FakesakeError
+from producers.connections import broker_url, celery_sentinel_options, celery_ssl_options, sentinel_target
+from producers.contract import ALL_QUEUES, TASK_NAME, WEBHOOK_TASK_NAME, JobMessage, JobResult, lanes_for
+from producers.errors import ConfigError, ErrorCode, FakesakeError
 from worker.core.processing import Finished
 from worker.service.logs import job_context
 from worker.service.runtime import EXIT_START_FAILED, ping_redis, start_failure
 from worker.service.settings import WorkerSettings
-from worker.stores.broker import TRANSPORT_PATH
+from worker.stores.broker import SENTINEL_TRANSPORT_PATH, TRANSPORT_PATH, sentinel_failover
 
 log = logging.getLogger(__name__)
+
+
+def served_lanes(settings: WorkerSettings) -> tuple[str, ...]:
+    """The lanes of every set of the detectors this worker serves (``model.names``, else ``model.name``): a job
+    is queued on the lane of its own set, so it only reaches workers that serve all of its detectors."""
+    names = [n.strip() for n in (settings.model.names or settings.model.name).split(",") if n.strip()]
+    return lanes_for(names)
 
 
 def celery_config(settings: WorkerSettings) -> dict[str, Any]:
     """Celery settings derived from ours. Each line guards against a default that loses or duplicates work."""
     vt = settings.redis.visibility_timeout_s
+    sentinel = sentinel_target(settings.redis) is not None
     return {
         "broker_url": broker_url(settings.redis),
-        "broker_transport": TRANSPORT_PATH,  # kombu's Redis transport, fixed to survive a Redis restart
+        # kombu's Redis (or Sentinel) transport, fixed to survive a Redis restart or failover
+        "broker_transport": SENTINEL_TRANSPORT_PATH if sentinel else TRANSPORT_PATH,
         "broker_use_ssl": celery_ssl_options(settings.redis),
+        # None = kombu's round-robin over URL parts; a Sentinel URL's parts are one group, not alternatives
+        "broker_failover_strategy": sentinel_failover if sentinel else None,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {
             "visibility_timeout": vt,  # unacked jobs of a dead worker come back after this
             "queue_order_strategy": "priority",  # interactive lane is always polled before bulk
             "unacked_restore_interval": max(1, min(10, vt // 4)),
             "unacked_restore_throttle": 1,
+            # kombu waits forever on a dead socket by default: a primary that vanishes without closing its
+            # connections (failover, a network split) would hang a publish. Above BRPOP's 1 s timeout.
+            "socket_timeout": max(settings.redis.socket_timeout_s, 5.0),
+            "socket_connect_timeout": settings.redis.socket_timeout_s,
+            **celery_sentinel_options(settings.redis),  # master_name, sentinel_kwargs
         },
         "task_serializer": "json",
         "accept_content": ["json"],  # pickle would let a producer run code on the worker
@@ -65,7 +81,7 @@ def celery_config(settings: WorkerSettings) -> dict[str, Any]:
         # runs (its enable_events option); metrics come from worker/service/metrics.py, not from events.
         "worker_send_task_events": settings.metrics.task_events,
         "task_send_sent_event": False,
-        "task_queues": [Queue(q, routing_key=q) for q in ALL_QUEUES],
+        "task_queues": [Queue(q, routing_key=q) for q in served_lanes(settings)],
         "task_default_queue": ALL_QUEUES[0],
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "worker_hijack_root_logger": False,
@@ -267,7 +283,7 @@ def worker_argv(settings: WorkerSettings, extra: list[str]) -> list[str]:
     """``celery worker`` arguments: threads pool sized for batching, both lanes, events if configured."""
     argv = ["worker", "--events"] if settings.metrics.task_events else ["worker"]
     if not any(a.startswith(("--queues", "-Q")) for a in extra):
-        argv += ["--queues", ",".join(ALL_QUEUES)]  # both lanes, interactive polled first
+        argv += ["--queues", ",".join(served_lanes(settings))]  # interactive lanes polled first
     if not any(a.startswith(("--pool", "-P")) for a in extra):
         argv.append("--pool=threads")
     if not any(a.startswith(("--concurrency", "-c")) for a in extra):
@@ -290,6 +306,17 @@ def run_worker(extra: list[str]) -> int:
     setup_logging(settings.log.level, settings.log.json_format)
     if extra and extra[0] == "--":
         extra = extra[1:]
+    from worker.service import supervisor
+
+    try:
+        processes, extra = supervisor.take_processes(extra)
+    except ValueError as exc:
+        report_start_failure(ConfigError(str(exc)))
+        return EXIT_START_FAILED
+    if extra and extra[0] == "--":  # `worker --processes 2 -- --pool=threads`
+        extra = extra[1:]
+    if processes > 1:
+        return _supervise(settings, processes, extra)
     argv = worker_argv(settings, extra)
     try:
         if forks_children(argv):
@@ -302,6 +329,33 @@ def run_worker(extra: list[str]) -> int:
     os.environ.setdefault("FORKED_BY_MULTIPROCESSING", "1")
     app.worker_main(argv)
     return 0
+
+
+def _supervise(settings: WorkerSettings, processes: int, extra: list[str]) -> int:
+    """``--processes N``: N worker processes under one supervisor (:mod:`worker.service.supervisor`)."""
+    from producers.connections import redis_from_settings
+    from worker.service import supervisor
+
+    if processes > settings.metrics.slots:
+        report_start_failure(
+            ConfigError(f"--processes {processes} needs as many worker slots; raise FAKESAKE_METRICS__SLOTS")
+        )
+        return EXIT_START_FAILED
+    client = redis_from_settings(settings.redis)
+    try:
+        ping_redis(client, settings.redis.url)
+        return supervisor.run_supervisor(
+            processes,
+            extra,
+            metrics_port=settings.metrics.port,
+            bind_host=settings.metrics.bind_host,
+            redis_client=client,
+        )
+    except Exception as exc:
+        report_start_failure(exc)
+        return EXIT_START_FAILED
+    finally:
+        client.close()
 
 
 def _check_redis(settings: WorkerSettings) -> None:

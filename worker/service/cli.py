@@ -23,7 +23,15 @@ log = logging.getLogger(__name__)
 
 def _add_pipeline_options(p: argparse.ArgumentParser, *, calibration: bool = True) -> None:
     """The flags every in-process scoring command lays over its settings (scan, eval, calibrate)."""
-    p.add_argument("--model", help="detector name (see `fakesake models`); env FAKESAKE_MODEL__NAME")
+    p.add_argument(
+        "--model",
+        help="detector name (see `fakesake models`), or several comma-separated for an ensemble; env "
+        "FAKESAKE_MODEL__NAME / FAKESAKE_MODEL__NAMES",
+    )
+    p.add_argument(
+        "--detectors", metavar="FILE", help="TOML/YAML file declaring detectors; env FAKESAKE_MODEL__DETECTORS_FILE"
+    )
+    p.add_argument("--fusion", choices=["max", "mean", "min"], help="how an ensemble fuses scores (default max)")
     p.add_argument(
         "--weights", help="weights file, snapshot dir, hf-hub:REPO[@REV] or s3://; env FAKESAKE_MODEL__WEIGHTS"
     )
@@ -123,8 +131,14 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     return run_calibrate(args)
 
 
+def _add_finetune(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from worker.service.finetune_cli import add_subcommand  # argparse only; training imports when it runs
+
+    add_subcommand(sub)
+
+
 WORKER_HELP = """\
-usage: fakesake worker [CELERY WORKER OPTIONS]
+usage: fakesake worker [--processes N] [CELERY WORKER OPTIONS]
 
 Run a worker: a Celery worker that classifies the jobs of the fakesake queues. Before it takes any job it
 connects to Redis, takes a worker slot (metrics and health ports, heartbeat file) and loads the detector;
@@ -137,6 +151,10 @@ Several workers on one host (one per GPU) need no extra settings: slot k serves 
 FAKESAKE_METRICS__PORT + 10*k (default 9808), /livez and /readyz on FAKESAKE_METRICS__HEALTH_PORT + 10*k
 (default 9809) and writes FAKESAKE_METRICS__HEARTBEAT_FILE (slot 0) or <file>-k; the start log names the slot.
 Check one with `fakesake health --slot K`.
+
+  --processes N   run N worker processes (one device, e.g. one GPU) under a supervisor that restarts a crashed
+                  one, forwards SIGTERM and serves their merged /metrics on FAKESAKE_METRICS__PORT; each
+                  process takes its own slot (health port, heartbeat file). Default 1: this process serves.
 
 Every option is passed to `celery worker` (a leading `--` is dropped). fakesake adds, unless given:
   --queues fakesake.interactive,fakesake.bulk   both lanes, interactive polled first
@@ -172,16 +190,23 @@ def _run_worker(args: argparse.Namespace) -> int:
 
 
 def _add_models(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("models", help="list the known detectors")
+    p = sub.add_parser("models", help="list the known detectors (built-in and configured), * = the default")
+    p.add_argument(
+        "--detectors", metavar="FILE", help="TOML/YAML file declaring detectors; env FAKESAKE_MODEL__DETECTORS_FILE"
+    )
+    p.add_argument("--format", choices=["table", "json"], default="table")
     p.set_defaults(run=_run_models)
 
 
 def _run_models(args: argparse.Namespace) -> int:
-    from worker.core import registry
+    from worker.service import models_list
+    from worker.service.settings import WorkerSettings
 
-    for name in registry.names():
-        spec = registry.get(name)
-        print(f"{spec.ref:<18} {spec.arch:<28} {spec.preprocessing.size_px}px  {spec.hub_repo}  {spec.description}")
+    settings = WorkerSettings()
+    if args.detectors:
+        model = settings.model.model_copy(update={"detectors_file": args.detectors})
+        settings = settings.model_copy(update={"model": model})
+    models_list.write(settings, args.format)
     return EXIT_OK
 
 
@@ -192,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_scan(sub)
     _add_eval(sub)
     _add_calibrate(sub)
+    _add_finetune(sub)
     _add_worker(sub)
     _add_models(sub)
     from producers import cli as producer_cli

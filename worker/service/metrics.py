@@ -6,9 +6,10 @@ many ``Metrics`` as they like without "Duplicated timeseries" errors, and the ex
 metrics, not whatever another library registered globally. The worker builds one with :func:`default` and
 serves it with :func:`start_metrics_server`.
 
-Metrics are per process: the worker runs one process per GPU (``--pool threads``), so one endpoint per pod
-covers it; several workers on one host serve on their slots' ports (:mod:`worker.service.slots`). A prefork
-pool would need prometheus-client's multiprocess mode, which this module does not set up.
+Metrics are per process (``--pool threads``); several workers started by hand on one host serve on their
+slots' ports (:mod:`worker.service.slots`). Under ``fakesake worker --processes N`` the children run
+prometheus-client's multiprocess mode and their supervisor serves one merged scrape
+(:mod:`worker.service.supervisor`); the gauges here say how to merge them (``multiprocess_mode``).
 
 Queue depth and DLQ size are read from Redis at scrape time by :class:`RedisDepthCollector` (one pipelined
 round trip), so every worker reports the same, current figures: aggregate them with ``max``, not ``sum``.
@@ -28,7 +29,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from producers.connections import text
-from producers.contract import ALL_QUEUES, KEY_PREFIX, Keys
+from producers.contract import ALL_QUEUES, KEY_PREFIX, Keys, lane_priority
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,9 @@ class DepthClient(Protocol):
 
 
 def lane_of(queue: str) -> str:
-    """``fakesake.interactive`` -> ``interactive`` (the ``lane`` label)."""
-    return queue.rsplit(".", 1)[-1]
+    """``fakesake.interactive`` (or a detector set's ``fakesake.interactive.<hash>``) -> ``interactive`` (the
+    ``lane`` label: one per priority, whatever the detectors)."""
+    return lane_priority(queue)
 
 
 class RedisDepthCollector(Collector):
@@ -180,6 +182,7 @@ class Metrics:
             "Jobs this process has started and not yet finished",
             namespace=NAMESPACE,
             registry=r,
+            multiprocess_mode="livesum",  # under `--processes N`: the live children's sum
         )
         self.model_load_seconds = Gauge(
             "model_load_seconds",
@@ -187,6 +190,7 @@ class Metrics:
             ["model"],
             namespace=NAMESPACE,
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.rate_limit_deferrals_total = Counter(
             "rate_limit_deferrals",

@@ -35,9 +35,9 @@ class BoundedPreparer:
         self._preparer = preparer
         self._slots = threading.BoundedSemaphore(limit)
 
-    def prepare(self, source: str, version: str | None = None) -> Prepared:
+    def prepare(self, source: str, version: str | None = None, *, tenant: str | None = None) -> Prepared:
         with self._slots:
-            return self._preparer.prepare(source, version)
+            return self._preparer.prepare(source, version, tenant=tenant)
 
 
 class DeferredToucher:
@@ -46,11 +46,14 @@ class DeferredToucher:
     The consumer thread takes every message, bookkeeps it and sends every ack: a Redis round trip there per
     job throttles the whole worker's intake (it waits for the GIL after every reply). The touch only has to
     land before the job could be judged lost (``ledger.grace_s``, minutes), so milliseconds later is as good.
+    Ids queued while a touch runs go together in the next one (``touch`` takes a list: one round trip for
+    all), so under load the touches cost a fraction of a round trip per job.
     The touch at processing start (``RedisJobCounters.open_deliveries``) stays synchronous.
     """
 
-    def __init__(self, touch: Callable[[str], None]) -> None:
+    def __init__(self, touch: Callable[[list[str]], None], max_batch: int = 256) -> None:
         self._touch = touch
+        self._max_batch = max_batch
         self._ids: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="fakesake-touch", daemon=True)
 
@@ -68,12 +71,32 @@ class DeferredToucher:
         if self._thread.is_alive():
             self._thread.join(timeout=timeout_s)
 
-    def _run(self) -> None:
-        while (job_id := self._ids.get()) is not None:
+    def _take(self) -> tuple[list[str], bool]:
+        """The next ids (waiting for the first), and whether stop() was asked."""
+        first = self._ids.get()
+        if first is None:
+            return [], True
+        ids = [first]
+        while len(ids) < self._max_batch:
             try:
-                self._touch(job_id)
+                nxt = self._ids.get_nowait()
+            except queue.Empty:
+                break
+            if nxt is None:
+                return ids, True
+            ids.append(nxt)
+        return ids, False
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            ids, stopping = self._take()
+            if not ids:
+                continue
+            try:
+                self._touch(ids)
             except Exception:  # the processing-start touch follows; this thread must go on
-                log.warning("could not mark job %s received in the ledger", job_id, exc_info=True)
+                log.warning("could not mark %d received jobs in the ledger (%s...)", len(ids), ids[0], exc_info=True)
 
 
 @dataclass
@@ -89,6 +112,8 @@ class WorkerRuntime:
     ledger: Any = None  # the SweepThread re-queueing lost jobs (worker/stores/ledger.py); None when disabled
     touch: Any = None  # marks a job alive in the ledger when this worker gets it (DeferredToucher of ledger.Toucher)
     heartbeat_interval_s: float = 5.0  # how often the consumer bootstep reports that it runs
+    more_batchers: tuple[Batcher, ...] = ()  # one per further detector when the worker serves several
+    adverts: Any = None  # stores.adverts.Advertiser: what this worker serves, kept advertised in Redis
 
     def process(self, job: JobMessage, lane: str | None = None, reserved: frozenset[str] = frozenset()) -> Decision:
         """Run one job; store errors surface as TransientError(UNAVAILABLE) for the adapter to requeue."""
@@ -124,7 +149,10 @@ class WorkerRuntime:
             self.ledger.stop()
         if self.touch is not None:
             self.touch.stop()
-        self.batcher.stop()
+        if self.adverts is not None:
+            self.adverts.stop()
+        for batcher in (self.batcher, *self.more_batchers):
+            batcher.stop()
         self.telemetry.stop()
 
 

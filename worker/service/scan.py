@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from producers.enumerate import expand_s3
-from producers.output import record, write_records
+from producers.output import ensemble_fields, record, write_records
 from worker.core.pipeline import Outcome
 from worker.service.settings import WorkerSettings
 
@@ -38,6 +38,8 @@ def settings_from_args(args: argparse.Namespace, base: WorkerSettings | None = N
             "device": args.device,
             "preprocess": args.preprocess,
             "calibration": getattr(args, "calibration", None),
+            "detectors_file": getattr(args, "detectors", None),
+            "fusion": getattr(args, "fusion", None),
         }.items()
         if v is not None
     }
@@ -98,6 +100,7 @@ def outcome_record(outcome: Outcome) -> dict[str, Any]:
         source_version=outcome.source_version,
         etag=outcome.etag,
         **calibrated,
+        **ensemble_fields(outcome.detectors, outcome.fusion),
     )
 
 

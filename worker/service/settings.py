@@ -27,6 +27,21 @@ from producers.settings import (
 
 class ModelSettings(BaseModel):
     name: str = Field(default="ffs-mj-5m", description="Detector registry name (fakesake models)")
+    names: str | None = Field(
+        default=None,
+        description="Several detectors, comma-separated (e.g. ffs-mj-5m,ffs-sd-5m): a worker serves each and any "
+        "ensemble of them, a scan fuses them all; set = used instead of name",
+    )
+    detectors_file: str | None = Field(
+        default=None,
+        description="TOML (or YAML) file declaring detectors: name, base or arch, weights, version, thresholds, "
+        "calibration (README 'Several detectors')",
+    )
+    fusion: Literal["max", "mean", "min"] = Field(
+        default="max",
+        description="How an ensemble's per-detector results fuse into score/band when a job names no rule: max = "
+        "highest calibrated score and most AI band; mean; min",
+    )
     weights: str | None = Field(
         default=None,
         description="Weights: a .pt file, a directory holding the HF snapshot, hf-hub:REPO[@REV] or s3://...; "
@@ -68,6 +83,12 @@ class ModelSettings(BaseModel):
         description="torch = the loaded module; onnx = exported to ONNX Runtime at start (CPU "
         "only, scores within 1e-4 of the published pipeline, ~2x the img/s per core: python -m bench); "
         "auto = onnx on CPU when onnxruntime is installed, else torch",
+    )
+    onnx_cache_dir: str | None = Field(
+        default=None,
+        description="Where exported ONNX graphs are cached, keyed by the weights' sha256 and the torch/timm/"
+        "onnxruntime versions: a start with a cached graph imports neither torch nor timm and skips the export; "
+        "None = $XDG_CACHE_HOME/fakesake/onnx (~/.cache/fakesake/onnx); empty = no cache (export at every start)",
     )
 
 
@@ -173,11 +194,26 @@ class EvidenceSettings(BaseModel):
     trust_anchors_file: str | None = Field(
         default=None, description="PEM file of C2PA trust anchors; their signers validate as 'trusted', others 'valid'"
     )
+    tenant_trust_anchors_dir: str | None = Field(
+        default=None,
+        description="Folder of one PEM file per tenant, named after it (acme.pem): C2PA trust anchors of that "
+        "tenant's jobs only, added to trust_anchors_file (read at start; a file that is not PEM, or a name that is "
+        "not a tenant id, stops the worker)",
+    )
     max_blocks: int = Field(default=64, ge=1, description="Metadata blocks read per image; the rest are skipped")
     max_block_bytes: int = Field(
         default=1 << 20, ge=1024, description="Largest metadata block (XMP, text chunk after inflating) read"
     )
     max_total_bytes: int = Field(default=4 << 20, ge=1024, description="Metadata bytes read per image in all")
+    watermark: Literal["lossless", "always", "off"] = Field(
+        default="lossless",
+        description="Decode the invisible watermarks of SD 1.x/2.x, SDXL and FLUX.1: lossless = PNG and lossless "
+        "WebP only (where the mark survives; the check costs more than the model on CPU), always = every image, "
+        "off = never",
+    )
+    watermark_max_px: int = Field(
+        default=2048 * 2048, ge=256 * 256, description="Largest image (pixels) the watermark check decodes"
+    )
 
 
 class LogSettings(BaseModel):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import redis
 
-from producers.contract import LUA_NOW, Keys
+from producers.contract import LUA_NOW, JobResult, Keys
 
 _TTL_S = 7 * 24 * 3600
 
@@ -40,11 +40,23 @@ return tonumber(redis.call('GET', KEYS[1]) or '0')
 )
 
 
+# KEYS: result, deliveries counter, ledger seen zset. ARGV: job id. Touches the job's ledger entry; returns
+# {stored result or false, open delivery count}: a delivery's two first reads in one round trip.
+_ARRIVE_WITH_RESULT_LUA = (
+    LUA_NOW
+    + """
+redis.call('ZADD', KEYS[3], 'XX', now, ARGV[1])
+return {redis.call('GET', KEYS[1]), tonumber(redis.call('GET', KEYS[2]) or '0')}
+"""
+)
+
+
 class RedisJobCounters:
     def __init__(self, client: redis.Redis) -> None:
         self._r = client
         self._begin = client.register_script(_BEGIN_DELIVERY_LUA)
         self._arrive = client.register_script(_ARRIVE_LUA)
+        self._arrive_with_result = client.register_script(_ARRIVE_WITH_RESULT_LUA)
 
     def _incr(self, key: str) -> int:
         pipe = self._r.pipeline()
@@ -62,6 +74,14 @@ class RedisJobCounters:
     def open_deliveries(self, job_id: str) -> int:
         """Deliveries begun and not completed; also touches the job's ledger entry (it has arrived here)."""
         return int(self._arrive(keys=[Keys.deliveries(job_id), Keys.LEDGER_SEEN], args=[job_id]))
+
+    def arrive(self, tenant: str, job_id: str) -> tuple[JobResult | None, int]:
+        """``processing.Arrivals``: the job's stored result (``Keys.result``) and its open deliveries, touching
+        its ledger entry, in one script."""
+        raw, count = self._arrive_with_result(
+            keys=[Keys.result(tenant, job_id), Keys.deliveries(job_id), Keys.LEDGER_SEEN], args=[job_id]
+        )
+        return (JobResult.model_validate_json(raw) if raw else None), int(count)
 
     def next_attempt(self, job_id: str) -> int:
         return self._incr(Keys.attempts(job_id))

@@ -61,8 +61,17 @@ return 1
 """
 
 
-# KEYS: ledger seen. ARGV: job id. Re-scores the job with Redis TIME only if it is still in the ledger.
-_TOUCH_LUA = LUA_NOW + "return redis.call('ZADD', KEYS[1], 'XX', now, ARGV[1])\n"
+# KEYS: ledger seen. ARGV: job ids. Re-scores each job with Redis TIME only if it is still in the ledger.
+_TOUCH_LUA = (
+    LUA_NOW
+    + """
+local n = 0
+for i = 1, #ARGV do
+  n = n + redis.call('ZADD', KEYS[1], 'XX', now, ARGV[i])
+end
+return n
+"""
+)
 
 
 class Toucher:
@@ -74,7 +83,12 @@ class Toucher:
         self._touch = client.register_script(_TOUCH_LUA)
 
     def __call__(self, job_id: str) -> None:
-        self._touch(keys=[Keys.LEDGER_SEEN], args=[job_id])
+        self.many([job_id])
+
+    def many(self, job_ids: list[str]) -> None:
+        """Touch several jobs in one round trip."""
+        if job_ids:
+            self._touch(keys=[Keys.LEDGER_SEEN], args=job_ids)
 
 
 class Action(StrEnum):

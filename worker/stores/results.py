@@ -18,13 +18,17 @@ from producers.contract import JobResult, Keys, parse_s3_uri
 
 log = logging.getLogger(__name__)
 
-# KEYS: result, tenant index, ledger hash, ledger seen zset. ARGV: result JSON, ttl_s, score (finished_at,
-# epoch s), index_max, job id, channel. Returns nil when this result was stored, else the result already
-# stored. Either way the job leaves the ledger: it has its final result (worker/stores/ledger.py).
+# KEYS: result, tenant index, ledger hash, ledger seen zset[, delivery counter]. ARGV: result JSON, ttl_s, score
+# (finished_at, epoch s), index_max, job id, channel. Returns nil when this result was stored, else the result
+# already stored. Either way the job leaves the ledger: it has its final result (worker/stores/ledger.py); and,
+# given its delivery counter (worker/stores/counters.py), its delivery is closed in the same write.
 _PUT_FINAL_LUA = """
 local ttl = tonumber(ARGV[2])
 redis.call('HDEL', KEYS[3], ARGV[5])
 redis.call('ZREM', KEYS[4], ARGV[5])
+if KEYS[5] then
+  redis.call('DEL', KEYS[5])
+end
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ttl) then
   return redis.call('GET', KEYS[1])
 end
@@ -41,12 +45,15 @@ return false
 class RedisResultStore:
     """Implements ``worker.core.ports.ResultStore`` on Redis. Thread-safe."""
 
-    def __init__(self, client: Any, ttl_s: int, index_max: int) -> None:
+    def __init__(self, client: Any, ttl_s: int, index_max: int, *, closes_deliveries: bool = False) -> None:
         if ttl_s < 1 or index_max < 1:
             raise ValueError("ttl_s and index_max must be >= 1")
         self.client = client
         self.ttl_s = ttl_s
         self.index_max = index_max
+        # Also delete the job's delivery counter (``RedisJobCounters.end_delivery``) in the write: a round trip
+        # less per job (``JobProcessor.store_closes_deliveries``).
+        self.closes_deliveries = closes_deliveries
         self._put = client.register_script(_PUT_FINAL_LUA)
 
     def put_final(self, result: JobResult) -> JobResult:
@@ -61,6 +68,7 @@ class RedisResultStore:
                     Keys.tenant_index(result.tenant),
                     Keys.LEDGER,
                     Keys.LEDGER_SEEN,
+                    *([Keys.deliveries(result.job_id)] if self.closes_deliveries else []),
                 ],
                 args=[
                     result.model_dump_json(),

@@ -1,0 +1,311 @@
+"""Section ``fleet``: the queue machinery's own limit per process, and several worker processes per host.
+
+Three consumers of the same lanes, each on its own database of ONE redis-server, measured in interleaved passes
+(each idles in BRPOP while another runs):
+
+- ``noop``: a no-op Celery task on fakesake's own Celery configuration (``bench/noop_worker.py``), the same pool
+  and concurrency as ``fakesake worker``: what Celery + kombu + Redis allow one process;
+- ``stub x1``: the real ``fakesake worker`` with a stub classifier (``bench/stub_worker.py``) on small JPEGs:
+  every per-job step but the model (fetch, decode, preprocess, batching, counters, ledger, result store);
+- ``stub x2``: the same under ``--processes 2`` (one supervisor, one metrics scrape).
+
+Jobs/s run from the first enqueue to the last result stored (the no-op: to the lanes and kombu's unacked hash
+empty). Redis commands per job come from ``INFO commandstats`` around one pass of each consumer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import redis
+
+from bench.common import Context, Row, interleaved, median, ratio_of
+from bench.corpus import photo_like
+from bench.redis_counts import describe, per_job, producer_commands, worker_round_trips
+from producers.client import Producer
+from producers.contract import ALL_QUEUES, Keys
+from producers.settings import ProducerSettings, QueueSettings, RedisSettings
+from tests.support.servers import free_port, redis_server
+from tests.support.workers import REPO_ROOT
+
+TARGET_PER_PROCESS = 0.70
+TARGET_TWO = 1.7
+IMAGE_PX = 64
+UNACKED = "unacked"  # kombu's Redis transport: hash of delivered, not yet acked messages
+
+
+def small_images(root: Path, count: int = 16) -> list[str]:
+    folder = root / f"fleet-jpeg-{IMAGE_PX}"
+    folder.mkdir(parents=True, exist_ok=True)
+    uris = []
+    for i in range(count):
+        path = folder / f"{i:03d}.jpg"
+        if not path.exists():
+            photo_like(IMAGE_PX, IMAGE_PX, seed=i).save(path, "JPEG", quality=90)
+        uris.append(path.as_uri())
+    return uris
+
+
+def base_env(redis_url: str, workdir: Path, name: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAKESAKE_")}
+    env.update(
+        PYTHONUNBUFFERED="1",
+        FAKESAKE_REDIS__URL=redis_url,
+        FAKESAKE_MODEL__DEVICE="cpu",
+        FAKESAKE_FETCH__ALLOW_LOCAL_FILES="true",
+        FAKESAKE_METRICS__PORT=str(free_port()),
+        FAKESAKE_METRICS__HEALTH_PORT=str(free_port()),
+        FAKESAKE_METRICS__HEARTBEAT_FILE=str(workdir / f"{name}.heartbeat"),
+        FAKESAKE_LOG__LEVEL="WARNING",
+    )
+    return env
+
+
+class Consumer:
+    """One consumer process (tree) on its own Redis database; ``rate`` runs one pass of ``n`` jobs."""
+
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str], redis_url: str, log_dir: Path) -> None:
+        self.name, self.env, self.redis_url = name, env, redis_url
+        self.log_path = log_dir / f"fleet-{name}.log"
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.client = redis.Redis.from_url(redis_url)
+        self.producer = Producer(
+            ProducerSettings(redis=RedisSettings(url=redis_url), queue=QueueSettings(max_depth=10_000_000), tenant="b")
+        )
+        self.passes = 0
+        self.polls = 0  # poll rounds of wait_drained/wait_stored: their commands are the bench's, not the worker's
+
+    def wait_health(self, ports: list[int], timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        for port in ports:
+            while not _ok(f"http://127.0.0.1:{port}/readyz"):
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{self.name} not ready: {self.log_path.read_text()[-2000:]}")
+                time.sleep(0.2)
+
+    def wait_drained(self, timeout_s: float) -> None:
+        """Until the lanes and kombu's unacked hash are empty (the no-op task stores nothing)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            pipe = self.client.pipeline(transaction=False)
+            for lane in ALL_QUEUES:
+                pipe.llen(lane)
+            pipe.hlen(UNACKED)
+            self.polls += 1
+            if not any(pipe.execute()):
+                return
+            time.sleep(0.005)
+        raise TimeoutError(f"{self.name}: jobs left after {timeout_s}s")
+
+    def wait_stored(self, tenant: str, n: int, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.client.zcard(Keys.tenant_index(tenant)) < n:
+            self.polls += 1
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name}: results missing after {timeout_s}s")
+            time.sleep(0.005)
+
+    def rate(self, uris: list[str], n: int, stores: bool, timeout_s: float = 600) -> float:
+        self.passes += 1
+        tenant = f"p{self.passes}"
+        sources = [uris[i % len(uris)] for i in range(n)]
+        start = time.perf_counter()
+        ids = self.producer.submit_many(sources, tenant=tenant)
+        if stores:
+            self.wait_stored(tenant, n, timeout_s)
+        else:
+            self.wait_drained(timeout_s)
+        elapsed = time.perf_counter() - start
+        if stores:
+            done = self.producer.wait(ids, tenant=tenant, timeout_s=60)
+            bad = [r for r in done.values() if not r.ok]
+            if len(done) != n or bad:
+                raise RuntimeError(f"{self.name}: {len(done)}/{n} results, {len(bad)} failed: {bad[:1]}")
+        return n / elapsed
+
+    def stop(self) -> None:
+        self.producer.close()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        return str(resp.read().decode())
+
+
+def rss_of_children(text: str) -> list[float]:
+    return [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("fakesake_worker_process_resident_memory_bytes{")
+    ]
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_of(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return float(line.split()[1]) * 1024
+    return 0.0
+
+
+@contextlib.contextmanager
+def consumers(ctx: Context, redis_url: str, concurrency: int) -> Iterator[dict[str, Consumer]]:
+    base = redis_url.rsplit("/", 1)[0]
+    py = sys.executable
+    lanes = ",".join(ALL_QUEUES)
+    made: dict[str, Consumer] = {}
+    try:
+        env = base_env(f"{base}/1", ctx.workdir, "noop")
+        noop_cmd = [py, "-m", "celery", "-A", "bench.noop_worker", "worker", "-Q", lanes, "--pool=threads"]
+        noop_cmd += [f"--concurrency={concurrency}", "--loglevel=WARNING", "-n", f"noop{os.getpid()}@%h"]
+        made["noop"] = Consumer("noop", noop_cmd, env, f"{base}/1", ctx.workdir)
+        for name, db, extra in (("x1", 2, ["-n", f"stub{os.getpid()}@%h"]), ("x2", 3, ["--processes", "2"])):
+            env = base_env(f"{base}/{db}", ctx.workdir, name)
+            made[name] = Consumer(
+                name, [py, "-m", "bench.stub_worker", "worker", *extra], env, f"{base}/{db}", ctx.workdir
+            )
+        made["x1"].wait_health([int(made["x1"].env["FAKESAKE_METRICS__HEALTH_PORT"])])
+        x2_health = int(made["x2"].env["FAKESAKE_METRICS__HEALTH_PORT"])
+        made["x2"].wait_health([x2_health, x2_health + 10])
+        yield made
+    finally:
+        for c in made.values():
+            c.stop()
+
+
+def run(ctx: Context) -> list[Row]:
+    from worker.service.celery_app import worker_argv
+    from worker.service.settings import WorkerSettings
+
+    settings = WorkerSettings.model_validate({})
+    concurrency = next(int(a.split("=")[1]) for a in worker_argv(settings, []) if a.startswith("--concurrency"))
+    uris = small_images(ctx.workdir)
+    n = ctx.n(2000, 600)
+    with redis_server() as server, consumers(ctx, server.url, concurrency) as made:
+        noop, x1, x2 = made["noop"], made["x1"], made["x2"]
+        time.sleep(2.0)  # the no-op worker's start (no readiness endpoint of its own)
+        for c, stores in ((noop, False), (x1, True), (x2, True)):
+            c.rate(uris, 200, stores)  # warm-up: threads, connections, scripts loaded
+        admin = redis.Redis.from_url(server.url)
+        enqueue = producer_commands(admin, server.url.rsplit("/", 1)[0] + "/4", uris, n)
+        counts = {
+            "noop": per_job(admin, noop, n, False, uris, enqueue),
+            "x1": per_job(admin, x1, n, True, uris, enqueue),
+        }
+        n_rtt = ctx.n(400, 200)  # MONITOR slows Redis down: a short pass of its own, not a timed one
+        trips = {
+            "noop": worker_round_trips(server.url, noop, uris, n_rtt, False),
+            "x1": worker_round_trips(server.url, x1, uris, n_rtt, True),
+        }
+        cpu_before = {"noop": cpu_s(noop.proc.pid), "x1": cpu_s(x1.proc.pid)}
+        rates = interleaved(
+            {
+                "noop": lambda: noop.rate(uris, n, False),
+                "x1": lambda: x1.rate(uris, n, True),
+                "x2": lambda: x2.rate(uris, n, True),
+            },
+            ctx.passes,
+        )
+        # CPU per job does not depend on how busy the machine is; the others idle in BRPOP meanwhile.
+        cpu_ms = {
+            k: (cpu_s(c.proc.pid) - cpu_before[k]) * 1000 / (n * ctx.passes) for k, c in (("noop", noop), ("x1", x1))
+        }
+        sup_metrics = scrape(int(x2.env["FAKESAKE_METRICS__PORT"]))
+        rss_children = rss_of_children(sup_metrics)
+        rss_x1 = rss_of(x1.proc.pid)
+    per_process = ratio_of(rates, "x1", "noop")
+    two = ratio_of(rates, "x2", "x1")
+    table, noop_table = describe(counts["x1"]), describe(counts["noop"])
+    return [
+        Row("fleet", f"no-op Celery task, 1 process, {n} jobs", median(rates["noop"]), "jobs/s"),
+        Row(
+            "fleet",
+            f"worker + stub classifier, 1 process, {n} jpeg-{IMAGE_PX} jobs, submit -> stored",
+            median(rates["x1"]),
+            "jobs/s",
+            median(rates["noop"]),
+            "no-op Celery task",
+            per_process,
+            f">= {TARGET_PER_PROCESS:.0%}",
+            per_process >= TARGET_PER_PROCESS,
+        ),
+        Row(
+            "fleet",
+            "worker + stub classifier, --processes 2",
+            median(rates["x2"]),
+            "jobs/s",
+            median(rates["x1"]),
+            "1 process",
+            two,
+            f">= {TARGET_TWO}x",
+            two >= TARGET_TWO,
+        ),
+        Row(
+            "fleet",
+            "CPU per job, worker + stub, 1 process (all passes)",
+            cpu_ms["x1"],
+            "ms/job",
+            cpu_ms["noop"],
+            "no-op Celery task",
+            cpu_ms["x1"] / cpu_ms["noop"],
+            note="user + system time of the consumer process over the timed passes, /proc/PID/stat",
+        ),
+        Row(
+            "fleet",
+            "Redis commands per job, worker + stub",
+            sum(counts["x1"].values()),
+            "cmd/job",
+            sum(counts["noop"].values()),
+            "no-op Celery task",
+            sum(counts["x1"].values()) / max(sum(counts["noop"].values()), 1e-9),
+            note=f"worker: {table}; no-op: {noop_table}",
+        ),
+        Row(
+            "fleet",
+            "Redis round trips per job, worker + stub",
+            sum(trips["x1"].values()),
+            "trips/job",
+            sum(trips["noop"].values()),
+            "no-op Celery task",
+            note="worker: " + describe(trips["x1"]) + "; no-op: " + describe(trips["noop"]),
+        ),
+        Row("fleet", "resident memory, 1 stub worker process", rss_x1 / 2**20, "MiB"),
+        Row(
+            "fleet",
+            "resident memory per child, --processes 2 (supervisor's scrape)",
+            max(rss_children) / 2**20 if rss_children else None,
+            "MiB",
+            note=f"children: {', '.join(f'{r / 2**20:.0f}' for r in rss_children)} MiB (stub: no model loaded)",
+        ),
+    ]
+
+
+__all__ = ["run"]

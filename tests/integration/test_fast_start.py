@@ -1,0 +1,114 @@
+"""A scan whose ONNX graph is cached starts without torch or timm, in its engine processes too, and scores
+exactly as the first (exporting) start did, within the ONNX parity bound of the model card's pipeline.
+
+Real processes: ``sys.modules`` of a fresh interpreter is the only honest witness of what a start imports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.card import CardPipeline
+from tests.support.checkpoints import seeded_state, write_snapshot
+from tests.support.images import encode, photo
+from worker.core import registry
+
+pytest.importorskip("onnxruntime")
+
+SPEC = registry.get("ffs-mj-5m")
+REPO = Path(__file__).resolve().parents[2]
+PARITY = 1e-4
+
+# Runs `fakesake scan` (CLI) or the scanner with engine processes, then reports what the process imported and,
+# for engine processes, whether their address space holds libtorch.
+PROBE = r"""
+import json, os, sys
+mode, report = sys.argv[1], sys.argv[2]
+found = {}
+if mode == "cli":
+    from worker.service.cli import main
+    found["code"] = main(sys.argv[3:])
+else:
+    from worker.service import builder
+    from worker.service.settings import WorkerSettings
+    scanner = builder.scanner(WorkerSettings())
+    outcomes = list(scanner.classify(sys.argv[3:]))
+    found["scores"] = [o.score for o in outcomes]
+    found["children"] = len(scanner.pool.pids)
+    found["children_with_libtorch"] = sum(
+        "libtorch" in open(f"/proc/{pid}/maps").read() for pid in scanner.pool.pids
+    )
+    scanner.close()
+found["torch"] = "torch" in sys.modules
+found["timm"] = "timm" in sys.modules
+with open(report, "w") as f:
+    json.dump(found, f)
+"""
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("fast-start")
+    weights = write_snapshot(SPEC, root / "weights", seeded_state(SPEC, 0))
+    images = []
+    for i in range(12):
+        path = root / "images" / f"{i:02d}.jpg"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(encode(photo(400 + 16 * i, 300, i), "JPEG", quality=90))
+        images.append(str(path))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAKESAKE_")}
+    env.update(
+        FAKESAKE_MODEL__WEIGHTS=str(weights),
+        FAKESAKE_MODEL__DEVICE="cpu",
+        FAKESAKE_MODEL__ONNX_CACHE_DIR=str(root / "graphs"),
+        FAKESAKE_FETCH__ALLOW_LOCAL_FILES="true",
+        PYTHONPATH=str(REPO),
+    )
+    return {"root": root, "weights": weights, "images": images, "env": env}
+
+
+def _run(rig: dict[str, Any], mode: str, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    report = rig["root"] / f"report-{mode}.json"
+    subprocess.run(
+        [sys.executable, "-c", PROBE, mode, str(report), *args],
+        env={**rig["env"], **(env or {})},
+        cwd=REPO,
+        check=True,
+        timeout=280,
+        stdout=subprocess.DEVNULL,
+    )
+    found: dict[str, Any] = json.loads(report.read_text())
+    return found
+
+
+def _scores(path: Path) -> list[float]:
+    return [json.loads(line)["score"] for line in path.read_text().splitlines()]
+
+
+def test_warm_scan_imports_neither_torch_nor_timm(rig: dict[str, Any]) -> None:
+    cold_out, warm_out = rig["root"] / "cold.jsonl", rig["root"] / "warm.jsonl"
+    scan = ["scan", "--no-progress", "--batch-size", "16", *rig["images"][:4]]
+    cold = _run(rig, "cli", *scan, "-o", str(cold_out))
+    assert cold["code"] == 0 and cold["torch"]  # the first start exports, with torch
+    assert list((rig["root"] / "graphs").glob("*.onnx"))
+    warm = _run(rig, "cli", *scan, "-o", str(warm_out))
+    assert warm == {"code": 0, "torch": False, "timm": False}
+    assert _scores(warm_out) == _scores(cold_out)
+    card = CardPipeline(rig["weights"], SPEC)
+    expected = [card.score_file(p) for p in rig["images"][:4]]
+    assert max(abs(a - b) for a, b in zip(_scores(warm_out), expected, strict=True)) <= PARITY
+
+
+def test_engine_processes_start_without_torch(rig: dict[str, Any]) -> None:
+    _run(rig, "cli", "scan", "--no-progress", "-o", str(rig["root"] / "prime.jsonl"), rig["images"][0])  # cache
+    found = _run(rig, "pool", *rig["images"], env={"FAKESAKE_BATCH__PROCESSES": "2", "FAKESAKE_BATCH__MAX_SIZE": "4"})
+    assert found["children"] == 2 and found["children_with_libtorch"] == 0
+    assert found["torch"] is False and found["timm"] is False
+    assert all(s is not None for s in found["scores"]) and len(found["scores"]) == 12

@@ -1,0 +1,55 @@
+"""The torch-free preprocessing (Pillow + numpy) gives the torch path's model inputs, value for value."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from producers.errors import PermanentError
+from tests.support.images import corpus, encode, photo, truncated
+from worker.core import registry
+from worker.inference import pixels, preprocess
+from worker.inference.imaging import DecodePolicy
+
+SIZES = [(320, 240), (97, 311), (224, 224), (640, 480), (50, 50), (1000, 30), (1024, 1024), (7, 900)]
+
+
+@pytest.mark.parametrize("name", ["ffs-mj-5m", "ffs-v2"])  # bilinear 224 and bicubic 384 with CLIP mean/std
+@pytest.mark.parametrize(("width", "height"), SIZES)
+def test_same_values_as_the_torch_path(name: str, width: int, height: int) -> None:
+    pre = registry.get(name).preprocessing
+    img = photo(width, height, width + height)
+    got = pixels.to_array(img, pre)
+    expected = preprocess.to_tensor(img, pre).numpy()
+    assert got.dtype == np.float32 and got.shape == expected.shape == (3, pre.size_px, pre.size_px)
+    assert float(np.abs(got - expected).max()) <= 1e-6
+    assert float(np.abs(expected).max()) > 1.0  # normalised, not trivially zero
+
+
+@pytest.mark.parametrize("mode", ["exact", "fast"])
+def test_from_bytes_over_the_corpus(mode: str) -> None:
+    pre = registry.get("ffs-mj-5m").preprocessing
+    policy = DecodePolicy(mode=mode)  # type: ignore[arg-type]
+    for case in corpus():
+        got = pixels.from_bytes(case.data, policy, pre)
+        expected = preprocess.from_bytes(case.data, policy, pre).numpy()
+        assert float(np.abs(got - expected).max()) <= 1e-6, case
+
+
+def test_bad_input_gets_the_same_code() -> None:
+    pre = registry.get("ffs-mj-5m").preprocessing
+    policy = DecodePolicy(max_pixels=10_000)
+    for data in (b"", b"not an image", truncated(encode(photo(64, 64), "JPEG")), encode(photo(200, 200), "PNG")):
+        with pytest.raises(PermanentError) as ours:
+            pixels.from_bytes(data, policy, pre)
+        with pytest.raises(PermanentError) as theirs:
+            preprocess.from_bytes(data, policy, pre)
+        assert ours.value.code == theirs.value.code
+
+
+def test_rgb_only_and_no_tensor_mode() -> None:
+    pre = registry.get("ffs-mj-5m").preprocessing
+    with pytest.raises(ValueError, match="RGB"):
+        pixels.to_array(photo(10, 10).convert("L"), pre)
+    with pytest.raises(ValueError, match="tensor"):
+        pixels.from_bytes(encode(photo(10, 10), "JPEG"), DecodePolicy(mode="tensor"), pre)

@@ -1,0 +1,72 @@
+"""Start the ONNX backend from the graph cache: what a scan, an engine process or a worker does at start.
+
+A cache hit costs reading and hashing the weights (memoised), reading the graph and building the ORT session:
+no torch, no timm, no export. A miss (or a stale/corrupt entry) loads the weights strictly with torch,
+exports, validates the graph by building the session from it, and stores it for the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from producers.errors import ConfigError
+from worker.core.registry import DetectorSpec
+from worker.inference.graph_cache import GraphCache, GraphKey
+from worker.inference.onnx_classifier import OnnxClassifier, export_graph, session
+
+if TYPE_CHECKING:
+    from worker.inference.loader import LoadedDetector
+
+log = logging.getLogger(__name__)
+
+_GPU_NODES = ("/dev/nvidia0", "/dev/nvidiactl", "/dev/kfd", "/dev/dxg")
+
+
+def runs_on_cpu(device: str) -> bool:
+    """Whether the ``model.device`` setting means the CPU, deciding ``auto`` without importing torch when the
+    machine has no GPU device node (torch cannot see a GPU without one); otherwise torch decides."""
+    if device == "cpu":
+        return True
+    if device == "auto" and not any(os.path.exists(p) for p in _GPU_NODES):
+        return True
+    from worker.inference.loader import resolve_device
+
+    return resolve_device(device).type == "cpu"
+
+
+def load_onnx(
+    spec: DetectorSpec,
+    weights: Path,
+    *,
+    threads: int,
+    cache_dir: Path | None,
+    load: Callable[[], LoadedDetector],
+) -> OnnxClassifier:
+    """An ORT classifier for ``spec`` with the weights file ``weights``; ``load`` strictly loads the torch module
+    (only on a cache miss). ``cache_dir`` None: no cache, export at every start."""
+    if cache_dir is None:
+        return OnnxClassifier(load(), threads=threads)
+    from worker.inference.loader import weights_sha256
+
+    cache = GraphCache(cache_dir)
+    key = GraphKey.of(spec, cache.weights_sha256(weights, weights_sha256))
+    graph = cache.load(key)
+    if graph is not None:
+        try:
+            ready = session(graph, threads)
+        except ConfigError:
+            raise
+        except Exception as exc:  # ORT refuses the bytes: treat the entry as corrupt
+            cache.discard(key, f"refused by onnxruntime ({type(exc).__name__}: {str(exc)[:200]})")
+        else:
+            log.info("ONNX graph of %s from the cache (%s)", spec.ref, cache.paths(key)[0])
+            return OnnxClassifier(threads=threads, graph=graph, spec=spec, ready_session=ready)
+    detector = load()
+    graph = export_graph(detector)
+    classifier = OnnxClassifier(detector, threads=threads, graph=graph)  # builds the session: the graph is valid
+    cache.store(key, graph)
+    return classifier
