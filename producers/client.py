@@ -298,7 +298,8 @@ class Producer:
 
         Workers advertise what they serve (:mod:`producers.serving`). With no live worker at all the jobs are
         accepted: the queue is the buffer while a fleet restarts or scales up from zero (KEDA), and workers older
-        than the adverts advertise nothing. A read is reused for a second, and read again before refusing.
+        than the adverts advertise nothing. A read is reused for a second, and read again before refusing or before
+        accepting because nobody advertised.
         """
         self.check_detectors([job.detectors for job in jobs])
 
@@ -313,7 +314,11 @@ class Producer:
                 with redis_errors("read worker adverts"):
                     self._adverts = (now, serving.live(self.redis, max_age))
             adverts = self._adverts[1]
-            missing = serving.unserved(wanted, adverts) if adverts else []
+            if not adverts:
+                if fresh:
+                    return  # no live worker at all: accept (see above)
+                continue  # a cached "nobody" may predate a worker's first advert: read again before accepting
+            missing = serving.unserved(wanted, adverts)
             if not missing:
                 return
         offered = sorted({",".join(sorted(a.detectors)) for a in adverts})

@@ -105,3 +105,19 @@ def test_a_job_no_live_worker_serves_is_refused_at_submit_unless_queued_anyway(
     job_id = producer.submit(source, model="ffs-v2", queue_anyway=True)
     assert stack.client().llen(lane) == 1  # waits in its own lane for a worker that serves ffs-v2
     assert producer.get_result(job_id) is None
+
+
+def test_a_cached_nobody_is_read_again_before_a_job_is_accepted(
+    redis_srv: RedisServer, s3_srv: S3Server, queue_http: HttpServer, weights: Path
+) -> None:
+    """The producer reuses an advert read for a second; an empty one ("no live worker, so accept") must not hide
+    a worker that advertised since, or its first submits would queue jobs nobody will take."""
+    stack = new_stack(redis_srv, s3_srv, queue_http, weights)
+    producer = stack.producer("cached")
+    producer.check_detectors([("ffs-sd-5m",)])  # no worker at all: accepted, and "nobody" is cached
+    advert = serving.Advert("late-worker", frozenset({"ffs-mj-5m"}))
+    serving.advertise(stack.client(), advert, forget_s=60)
+    with pytest.raises(PermanentError) as info:
+        producer.check_detectors([("ffs-sd-5m",)])  # within the second: must read again, then refuse
+    assert info.value.code is ErrorCode.UNSERVED_MODEL
+    producer.check_detectors([("ffs-mj-5m",)])  # served: accepted
