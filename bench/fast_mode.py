@@ -21,6 +21,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bench.common import Context, Row, interleaved, median, ratio_of
 from bench.corpus import image_set, scan_rig
 from bench.engine_section import engine_rate
@@ -80,7 +82,8 @@ def rows(ctx: Context, weights: Any) -> list[Row]:
     fast_mean, fast_max = _deltas(fast_scores, exact_scores)
     yard_mean, yard_max = _deltas(recoded_scores, exact_scores)
     raw = Path(sources[0]).read_bytes()
-    inputs = (fast.pipeline.preparer.decode(raw) - exact.pipeline.preparer.decode(raw)).abs()
+    # torch tensors or, on the cached-graph path, numpy arrays
+    inputs = np.abs(np.asarray(fast.pipeline.preparer.decode(raw)) - np.asarray(exact.pipeline.preparer.decode(raw)))
     exact.close()
     fast.close()
     out.append(
