@@ -539,7 +539,7 @@ def worker_runtime(settings: WorkerSettings) -> WorkerRuntime:
         raise
     loaded = models[0]
     served = ",".join(m.spec.identity for m in models)
-    telemetry.model_loaded(served, time.monotonic() - t0)
+    load_s = time.monotonic() - t0
     batches = batch_policy(settings)
     batchers = [Batcher(m.classifier.predict, batches, observer=telemetry.observe_batch).start() for m in models]
     batcher = batchers[0]
@@ -585,6 +585,8 @@ def worker_runtime(settings: WorkerSettings) -> WorkerRuntime:
         ledger = SweepThread(sweeper, settings.ledger.sweep_interval_s, on_report=telemetry.ledger_swept).start()
     touch = DeferredToucher(Toucher(client).many).start()
     adverts = Advertiser(client, [m.spec.name for m in models], settings.metrics.heartbeat_interval_s).start()
+    # Ready only now: a producer that waits for readiness and submits must find this worker's advert.
+    telemetry.model_loaded(served, load_s)
     return WorkerRuntime(
         processor=processor,
         batcher=batcher,
