@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any, cast
 
 from api.keys import INDEX, KEY_ID, StoredKey, key_hash, new_key, now, record_key, well_formed
-from producers.client import check_ids
 from producers.connections import redis_errors, text
 from producers.errors import ErrorCode, PermanentError
+from producers.ids import check_ids
 
 
 class KeyStore:

@@ -20,11 +20,12 @@ from api.models import IDEMPOTENCY_KEY, Detector, Feedback, JobsRequest, UploadO
 from api.pagination import Position, encode_cursor, start
 from api.settings import ApiSettings
 from api.uploads import Spool, UploadBucket
-from producers.client import Producer, check_ids
+from producers.client import Producer
 from producers.connections import redis_errors, redis_from_settings, text
 from producers.contract import FeedbackRecord, JobResult, Keys, Status, detector_set
 from producers.errors import ErrorCode, PermanentError, TransientError
 from producers.feedback import find_result
+from producers.ids import check_ids
 from producers.ratelimit import RedisRateLimiter
 from producers.s3 import make_s3_client
 from worker.core import registry

@@ -16,19 +16,17 @@ had popped with BRPOP before kombu recorded it (docs/RELIABILITY.md).
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
 import redis
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
 from producers import serving, wire
 from producers.connections import redis_errors, redis_from_settings, text
 from producers.contract import (
     ALL_QUEUES,
-    JOB_ID_PATTERN,
     LUA_NOW,
     FeedbackRecord,
     JobMessage,
@@ -36,20 +34,18 @@ from producers.contract import (
     Keys,
     Label,
     Priority,
-    TenantId,
     lane_priority,
     lanes_for,
 )
 from producers.errors import ErrorCode, PermanentError, TransientError
 from producers.feedback import FeedbackStore
+from producers.ids import check_ids, validation_messages
 from producers.settings import ProducerSettings
 
 log = logging.getLogger(__name__)
 
 CHUNK = 500  # jobs per script call: ~1 ms of Redis time, so consumers are never blocked for long
 _FULL_RETRY_S = 0.2
-_JOB_ID = re.compile(JOB_ID_PATTERN)
-_TENANT = TypeAdapter(TenantId)
 
 # KEYS[1] = lane list, KEYS[2] = ledger hash, KEYS[3] = ledger seen zset, KEYS[4..] = idempotency keys.
 # ARGV = max_depth (-1: unchecked), ttl_s, then per job (index into KEYS of its idempotency key or 0, job id,
@@ -92,22 +88,6 @@ class QueueFullError(TransientError):
     def __init__(self, message: str, accepted: dict[int, str], retry_after_s: float = 1.0) -> None:
         super().__init__(ErrorCode.QUEUE_FULL, message, retry_after_s=retry_after_s)
         self.accepted = accepted
-
-
-def check_ids(tenant: str, job_id: str | None = None) -> None:
-    """Reject tenants/job ids that could step outside their key namespace (e.g. containing ``:``)."""
-    try:
-        _TENANT.validate_python(tenant)
-    except ValidationError as exc:
-        raise PermanentError(ErrorCode.INVALID_JOB, f"invalid tenant {tenant!r}: {_messages(exc)}") from exc
-    if job_id is not None and not _JOB_ID.match(job_id):
-        raise PermanentError(ErrorCode.INVALID_JOB, f"invalid job id {job_id!r}: expected 8-64 of [A-Za-z0-9_-]")
-
-
-def _messages(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors(include_url=False)
-    )
 
 
 class Producer:
@@ -153,7 +133,7 @@ class Producer:
                 if any(e["loc"][:1] == ("source",) for e in exc.errors())
                 else ErrorCode.INVALID_JOB
             )
-            raise PermanentError(code, f"{source!r}: {_messages(exc)}") from exc
+            raise PermanentError(code, f"{source!r}: {validation_messages(exc)}") from exc
 
     def build_jobs(self, items: Iterable[str | Mapping[str, Any]], **defaults: Any) -> list[JobMessage]:
         """Items are sources or dicts of :meth:`build_job` arguments (which override ``defaults``)."""

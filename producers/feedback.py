@@ -20,18 +20,16 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import IO, Any, cast
 
-from pydantic import TypeAdapter, ValidationError
-
 from producers import wire
 from producers.connections import redis_errors, text
-from producers.contract import JOB_ID_PATTERN, FeedbackRecord, JobResult, Keys, Label, TenantId
+from producers.contract import FeedbackRecord, JobResult, Keys, Label
 from producers.errors import ErrorCode, PermanentError, TransientError
+from producers.ids import check_ids
 from producers.redaction import REDACTED
 from producers.settings import FeedbackSettings
 
@@ -40,8 +38,6 @@ DATASET = "feedback"
 MANIFEST_COLUMNS = ("source", "label", "dataset", "job_id", "model", "score", "note")
 _PAGE = 500
 MAX_NOTE_CHARS = 1000
-_JOB_ID = re.compile(JOB_ID_PATTERN)
-_TENANT = TypeAdapter(TenantId)
 
 # KEYS[1] = hash, KEYS[2] = index. ARGV = job id, record JSON, now (epoch s), ttl_s, max entries.
 _GIVE_LUA = """
@@ -101,21 +97,10 @@ def write_manifest(rows: Iterable[dict[str, Any]], out: IO[str], fmt: str) -> No
         out.write(json.dumps(row) + "\n")
 
 
-def _check(tenant: str, job_id: str | None = None) -> None:
-    """Ids that stay inside their key namespace: the rule of ``producers.client.check_ids``, which cannot be
-    imported here (the client imports this module)."""
-    try:
-        _TENANT.validate_python(tenant)
-    except ValidationError as exc:
-        raise PermanentError(ErrorCode.INVALID_JOB, f"invalid tenant {tenant!r}") from exc
-    if job_id is not None and not _JOB_ID.match(job_id):
-        raise PermanentError(ErrorCode.NOT_FOUND, f"no job {job_id!r}: a job id is 8-64 of [A-Za-z0-9_-]")
-
-
 def find_result(client: Any, tenant: str, job_id: str) -> JobResult | None:
     """The job's final result; None while it is pending; ``not-found`` if the tenant has no such job (unknown,
     another tenant's, or expired)."""
-    _check(tenant, job_id)
+    check_ids(tenant, job_id, bad_job=ErrorCode.NOT_FOUND)
     # One MULTI: the result store removes the ledger entry and writes the result atomically, so the snapshot
     # has one of the two for every accepted, unexpired job.
     with redis_errors("get job"), client.pipeline(transaction=True) as pipe:
@@ -181,7 +166,7 @@ class FeedbackStore:
         return record
 
     def get(self, tenant: str, job_id: str) -> FeedbackRecord | None:
-        _check(tenant, job_id)
+        check_ids(tenant, job_id, bad_job=ErrorCode.NOT_FOUND)
         with redis_errors("feedback"):
             raw = self.redis.hget(Keys.feedback(tenant), job_id)
         return None if raw is None else FeedbackRecord.model_validate_json(raw)
@@ -192,7 +177,7 @@ class FeedbackStore:
         """Entries strictly after ``after`` = (score, job id), oldest label first, at most ``limit``: (records,
         the position of the last entry looked at, whether more follow now). Entries older than the TTL are
         skipped even before the next write drops them."""
-        _check(tenant)
+        check_ids(tenant)
         low = max(after[0], self.clock() - self.settings.ttl_s)
         window = limit + 64  # entries that share the position's score are skipped here; leave room for them
         with redis_errors("feedback"):

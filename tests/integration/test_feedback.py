@@ -80,6 +80,7 @@ def test_feedback_round_trips_from_stored_results_to_a_manifest_and_into_eval(
         (pending, ErrorCode.NOT_FINISHED),
         (missing.job_id, ErrorCode.INVALID_JOB),
         ("0123456789abcdef", ErrorCode.NOT_FOUND),
+        ("acme:0123456789", ErrorCode.NOT_FOUND),  # no job can have that id (it would leave the namespace)
     ]:
         with pytest.raises(FakesakeError) as exc:
             producer.feedback(job_id, "ai")

@@ -111,8 +111,8 @@ def _loader(calls: list[int]):  # type: ignore[no-untyped-def]
 def test_second_start_uses_the_cache_and_scores_the_same(tmp_path: Path, weights: Path) -> None:
     calls: list[int] = []
     inputs = [to_array(photo(300 + 40 * i, 200, i), SPEC.preprocessing) for i in range(4)]
-    cold = load_onnx(SPEC, weights, threads=1, cache_dir=tmp_path, load=_loader(calls))
-    warm = load_onnx(SPEC, weights, threads=1, cache_dir=tmp_path, load=_loader(calls))
+    cold = load_onnx(SPEC, weights, weights_sha256(weights), threads=1, cache_dir=tmp_path, load=_loader(calls))
+    warm = load_onnx(SPEC, weights, weights_sha256(weights), threads=1, cache_dir=tmp_path, load=_loader(calls))
     assert calls == [1]  # exported once
     assert warm.detector is None and warm.graph == cold.graph
     assert warm.predict(inputs) == cold.predict(inputs)
@@ -124,15 +124,17 @@ def test_graph_onnxruntime_refuses_is_rebuilt(tmp_path: Path, weights: Path, cap
     key = GraphKey.of(SPEC, weights_sha256(weights))
     cache.store(key, b"not an onnx graph")  # consistent sidecar: only ORT can tell
     with caplog.at_level(logging.WARNING):
-        classifier = load_onnx(SPEC, weights, threads=1, cache_dir=tmp_path, load=_loader(calls))
+        classifier = load_onnx(
+            SPEC, weights, weights_sha256(weights), threads=1, cache_dir=tmp_path, load=_loader(calls)
+        )
     assert calls == [1] and "refused by onnxruntime" in caplog.text
     assert cache.load(key) == classifier.graph
 
 
 def test_no_cache_dir_exports_every_time(tmp_path: Path, weights: Path) -> None:
     calls: list[int] = []
-    load_onnx(SPEC, weights, threads=1, cache_dir=None, load=_loader(calls))
-    load_onnx(SPEC, weights, threads=1, cache_dir=None, load=_loader(calls))
+    load_onnx(SPEC, weights, weights_sha256(weights), threads=1, cache_dir=None, load=_loader(calls))
+    load_onnx(SPEC, weights, weights_sha256(weights), threads=1, cache_dir=None, load=_loader(calls))
     assert calls == [1, 1]
 
 
@@ -146,3 +148,25 @@ def test_device_setting_decided_without_torch_when_no_gpu_node(monkeypatch: pyte
     monkeypatch.setattr(onnx_start.os.path, "exists", lambda path: True)  # a GPU node: torch decides
     monkeypatch.setattr("worker.inference.loader.resolve_device", lambda device: torch.device("cuda"))
     assert not onnx_start.runs_on_cpu("auto")
+
+
+def test_a_warm_start_takes_the_weights_hash_from_the_cache(
+    tmp_path: Path, weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The identity stamp, the calibration check and the graph key share one hash, and a warm start takes it
+    from the cache's memo instead of reading the whole checkpoint again (large models take seconds)."""
+    from worker.inference import loader
+    from worker.service import builder
+    from worker.service.settings import WorkerSettings
+
+    settings = WorkerSettings.model_validate(
+        {"model": {"weights": str(weights), "backend": "onnx", "onnx_cache_dir": str(tmp_path)}}
+    )
+    first = builder.load_model(settings)  # cold: hashes, exports, stores the graph and the hash
+    hashed: list[Path] = []
+    real = loader.weights_sha256
+    monkeypatch.setattr(loader, "weights_sha256", lambda path: hashed.append(path) or real(path))
+    monkeypatch.setattr(builder, "_HASHED", {})  # a fresh process
+    warm = builder.load_model(settings)
+    assert hashed == [] and warm.spec.identity == first.spec.identity
+    assert warm.spec.weights_sha256 == real(weights)

@@ -1,6 +1,7 @@
 """Start the ONNX backend from the graph cache: what a scan, an engine process or a worker does at start.
 
-A cache hit costs reading and hashing the weights (memoised), reading the graph and building the ORT session:
+A cache hit costs the weights' sha256 (the caller's: remembered in the cache, see ``GraphCache.weights_sha256``),
+reading the graph and building the ORT session:
 no torch, no timm, no export. A miss (or a stale/corrupt entry) loads the weights strictly with torch,
 exports, validates the graph by building the session from it, and stores it for the next start.
 """
@@ -41,19 +42,19 @@ def runs_on_cpu(device: str) -> bool:
 def load_onnx(
     spec: DetectorSpec,
     weights: Path,
+    weights_sha256: str,
     *,
     threads: int,
     cache_dir: Path | None,
     load: Callable[[], LoadedDetector],
 ) -> OnnxClassifier:
-    """An ORT classifier for ``spec`` with the weights file ``weights``; ``load`` strictly loads the torch module
-    (only on a cache miss). ``cache_dir`` None: no cache, export at every start."""
+    """An ORT classifier for ``spec`` with the weights file ``weights`` (whose sha256 the caller knows: it stamps
+    results with it too); ``load`` strictly loads the torch module (only on a cache miss). ``cache_dir`` None: no
+    cache, export at every start."""
     if cache_dir is None:
         return OnnxClassifier(load(), threads=threads)
-    from worker.inference.loader import weights_sha256
-
     cache = GraphCache(cache_dir)
-    key = GraphKey.of(spec, cache.weights_sha256(weights, weights_sha256))
+    key = GraphKey.of(spec, weights_sha256)
     graph = cache.load(key)
     if graph is not None:
         try:

@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache, partial
+from functools import partial
 from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -272,7 +272,9 @@ def _load_onnx(
     # passes: 1 ORT thread median 14.1 vs 2 threads 9.5 (1 thread ahead in 4 of 5; load was heavy).
     threads = model.threads or max(1, usable_cores() // 2)
     load = partial(load_detector, spec, path, device="cpu")
-    classifier = load_onnx(spec, path, threads=threads, cache_dir=graph_cache_dir(settings), load=load)
+    cache_dir = graph_cache_dir(settings)
+    sha = weights_sha256(path, cache_dir)  # from the cache's memo when warm; LoadedModel's stamp reuses it
+    classifier = load_onnx(spec, path, sha, threads=threads, cache_dir=cache_dir, load=load)
     if model.preprocess == "tensor":  # torchvision decode: torch is imported anyway
         import torch
 
@@ -338,18 +340,25 @@ def load_models(settings: WorkerSettings) -> list[LoadedModel]:
     return loaded
 
 
-@lru_cache(maxsize=8)
-def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
-    from worker.inference.loader import weights_sha256 as sha256
-
-    return sha256(Path(path))
+_HASHED: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256: a few weights files per process
 
 
-def weights_sha256(path: str | Path) -> str:
-    """sha256 of a weights file, hashed once per process while the file is unchanged (eval and every scan
-    pipeline ask again)."""
+def weights_sha256(path: str | Path, memo_dir: Path | None = None) -> str:
+    """sha256 of a weights file, hashed once per process while the file is unchanged (the identity stamp,
+    calibration checks, eval and every scan pipeline ask again). ``memo_dir`` (the ONNX graph cache) also
+    remembers it across processes, so a warm start does not read a large checkpoint at all."""
+    from worker.inference.loader import weights_sha256 as compute
+
     st = os.stat(path)
-    return _sha256_of(str(path), st.st_size, st.st_mtime_ns)
+    ident = (str(path), st.st_size, st.st_mtime_ns)
+    if ident not in _HASHED:
+        if memo_dir is None:
+            _HASHED[ident] = compute(Path(path))
+        else:
+            from worker.inference.graph_cache import GraphCache
+
+            _HASHED[ident] = GraphCache(memo_dir).weights_sha256(Path(path), compute)
+    return _HASHED[ident]
 
 
 def read_calibration(path: str | Path, what: str = "calibration") -> Calibration:
