@@ -263,9 +263,17 @@ def create_app(settings: ApiSettings | None = None, service: ApiService | None =
         response.headers["Location"] = f"/v1/jobs/{job_id}"
         return UploadAccepted(job_id=job_id, source=source)
 
-    @app.get("/v1/detectors", response_model=DetectorList, responses=_ERRORS, summary="The known detectors")
+    @app.get(
+        "/v1/detectors",
+        response_model=DetectorList,
+        responses=_ERRORS,
+        summary="The known detectors, and what live workers serve",
+        description="Built-in detectors and those of the workers' detectors file (`FAKESAKE_MODEL__DETECTORS_FILE`), "
+        "each with the number of live workers serving it, and the detector sets live workers advertise: an "
+        "ensemble (`model=a,b`) is accepted when one set holds all of its detectors.",
+    )
     def detectors(who: Caller) -> DetectorList:
-        return DetectorList(detectors=svc.detectors())
+        return svc.detectors()
 
     @app.get("/healthz", summary="Redis reachable", responses={503: {"model": ErrorResponse}})
     def healthz() -> dict[str, str]:

@@ -4,7 +4,7 @@ wire contract is already pydantic, so the HTTP answers and the OpenAPI schema co
 from __future__ import annotations
 
 import re
-from typing import Annotated, Final
+from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -131,16 +131,37 @@ class FeedbackPage(BaseModel):
 
 
 class Detector(BaseModel):
+    """A detector the API knows: built in, or declared in the workers' detectors file."""
+
     name: str
     version: str
     ref: str = Field(description="name@version, as results name their model")
     description: str
     input_size_px: int
-    default: bool
+    default: bool = Field(description="What jobs naming no model are scored by")
+    source: Literal["built-in", "configured"] = Field(
+        description="built-in: the registry; configured: the detectors file (FAKESAKE_MODEL__DETECTORS_FILE)"
+    )
+    served: bool = Field(description="A live worker serves it now: jobs naming it are accepted")
+    workers: int = Field(ge=0, description="Live worker processes that serve it (each process advertises itself)")
+
+
+class ServedSet(BaseModel):
+    """What a group of live workers serves: each of these detectors, and any ensemble of them (up to all)."""
+
+    detectors: list[str] = Field(description="Detector names, sorted")
+    workers: int = Field(ge=1, description="Live worker processes that advertise exactly this set")
 
 
 class DetectorList(BaseModel):
+    """``GET /v1/detectors``: the known detectors, and what live workers serve now (from their adverts, refreshed
+    every heartbeat). An ensemble is accepted when one set of ``served`` holds all of its detectors."""
+
     detectors: list[Detector]
+    served: list[ServedSet] = Field(
+        description="The detector sets live workers advertise, largest first. Names the API does not know (a "
+        "worker's entry-point detectors) appear only here"
+    )
 
 
 class ErrorBody(BaseModel):

@@ -10,16 +10,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from api.settings import ApiGroup, ApiSettings
+from api.settings import ApiGroup, ApiModelGroup, ApiSettings
 
 PATH = Path(__file__).resolve().parents[1] / "docs" / "openapi.json"
 
 
 def document() -> dict[str, Any]:
-    """The document of an app with default ``api`` settings (the environment must not change the file)."""
+    """The document of an app with default ``api`` and ``model`` settings (the environment must not change the
+    file)."""
     from api.app import create_app
 
-    settings = ApiSettings().model_copy(update={"api": ApiGroup()})
+    settings = ApiSettings().model_copy(update={"api": ApiGroup(), "model": ApiModelGroup()})
     schema: dict[str, Any] = create_app(settings).openapi()
     return schema
 

@@ -9,6 +9,7 @@ idempotency and backpressure.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -16,10 +17,11 @@ from urllib.parse import urlsplit
 
 from api.keys import StoredKey
 from api.keystore import KeyStore
-from api.models import IDEMPOTENCY_KEY, Detector, Feedback, JobsRequest, UploadOptions
+from api.models import IDEMPOTENCY_KEY, Detector, DetectorList, Feedback, JobsRequest, ServedSet, UploadOptions
 from api.pagination import Position, encode_cursor, start
 from api.settings import ApiSettings
 from api.uploads import Spool, UploadBucket
+from producers import serving
 from producers.client import Producer
 from producers.connections import redis_errors, redis_from_settings, text
 from producers.contract import FeedbackRecord, JobResult, Keys, Status, detector_set
@@ -29,6 +31,11 @@ from producers.ids import check_ids
 from producers.ratelimit import RedisRateLimiter
 from producers.s3 import make_s3_client
 from worker.core import registry
+from worker.core.catalog import Catalog
+
+# The one reader of detectors files: tomllib (or PyYAML) and the pure worker.core.catalog, no torch. The only
+# worker.service module the API imports (pyproject.toml's API contract names this one exception).
+from worker.service import detectors as detector_files
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +53,20 @@ class Lookup:
     result: JobResult | None
 
 
+def load_catalog(detectors_file: str | None) -> Catalog:
+    """The built-in detectors and those of the workers' detectors file: the declarations only (no weights are
+    read, no torch is imported). Installed packages' entry points are not loaded: a package may need torch; the
+    detectors they add show up in ``GET /v1/detectors`` under ``served`` once a worker serves them."""
+    return detector_files.load_catalog(detectors_file, points=[])
+
+
 class ApiService:
     """One per API process; thread-safe (redis-py clients are)."""
 
     def __init__(self, settings: ApiSettings, redis_client: Any | None = None) -> None:
         self.settings = settings
+        # Read once at start, as workers do: a bad detectors file stops the API with the file's error.
+        self.catalog = load_catalog(settings.model.detectors_file)
         self.redis = redis_client if redis_client is not None else redis_from_settings(settings.redis)
         self.producer = Producer(settings, redis_client=self.redis)
         self.keys = KeyStore(self.redis)
@@ -136,14 +152,14 @@ class ApiService:
         return job_id, source
 
     def _model_known(self, model: str) -> None:
-        """Each detector ``model`` names is built in or served by a live worker (configured detectors are known to
-        the workers that load them, not to the API)."""
-        unknown = [n for n in detector_set(model) if n.partition("@")[0] not in registry.names()]
+        """Each detector ``model`` names is built in, declared in the detectors file, or served by a live worker
+        (a package's entry-point detectors are known to the workers that load them, not to the API)."""
+        unknown = [n for n in detector_set(model) if n.partition("@")[0] not in self.catalog.names()]
         if not unknown:
             return
         served = self.producer.live_detectors()
         if missing := [n for n in unknown if n not in served]:
-            known = ", ".join(sorted({*registry.names(), *served}))
+            known = ", ".join(sorted({*self.catalog.names(), *served}))
             raise PermanentError(ErrorCode.UNKNOWN_MODEL, f"unknown model {', '.join(missing)}; known models: {known}")
 
     def _take_ingress(self, tenant: str, n: int) -> None:
@@ -233,22 +249,36 @@ class ApiService:
         return records, None if after.score == float("-inf") else encode_cursor(after), more
 
     # -- detectors and health -------------------------------------------------------------------------
-    def detectors(self) -> list[Detector]:
+    def detectors(self) -> DetectorList:
+        """The catalog's detectors with how many live workers serve each, and the sets live workers advertise
+        (one ``ZRANGEBYSCORE``; the adverts carry names, not weights hashes, so no identity is shown)."""
+        with redis_errors("read worker adverts"):
+            adverts = serving.live(self.redis, self.settings.queue.served_max_age_s or 30.0)
+        per_set = Counter(tuple(sorted(a.detectors)) for a in adverts if a.detectors)
+        per_name: Counter[str] = Counter()
+        for names, workers in per_set.items():
+            per_name.update(dict.fromkeys(names, workers))
         default = self.settings.default_model
-        out = []
-        for name in registry.names():
-            spec = registry.get(name)
-            out.append(
-                Detector(
-                    name=spec.name,
-                    version=spec.version,
-                    ref=spec.ref,
-                    description=spec.description,
-                    input_size_px=spec.preprocessing.size_px,
-                    default=name == default,
-                )
+        built_in = set(registry.names())
+        listed = [
+            Detector(
+                name=spec.name,
+                version=spec.version,
+                ref=spec.ref,
+                description=spec.description,
+                input_size_px=spec.preprocessing.size_px,
+                default=spec.name == default,
+                source="built-in" if spec.name in built_in else "configured",
+                served=per_name[spec.name] > 0,
+                workers=per_name[spec.name],
             )
-        return out
+            for spec in self.catalog.specs()
+        ]
+        served = [
+            ServedSet(detectors=list(names), workers=n)
+            for names, n in sorted(per_set.items(), key=lambda item: (-len(item[0]), item[0]))
+        ]
+        return DetectorList(detectors=listed, served=served)
 
     def ping(self) -> None:
         with redis_errors("health"):

@@ -38,7 +38,21 @@ class ApiGroup(BaseModel):
     )
 
 
+class ApiModelGroup(BaseModel):
+    """The one ``model`` setting the API reads (the worker's group has many more; the API ignores those)."""
+
+    detectors_file: str | None = Field(
+        default=None,
+        description="TOML (or YAML) file declaring detectors: name, base or arch, weights, version, thresholds, "
+        "calibration (README 'Several detectors')",
+    )
+
+
 class ApiSettings(ProducerSettings):
-    """Settings of ``fakesake api``: Redis, queue limits and default model as for producers, plus ``api``."""
+    """Settings of ``fakesake api``: Redis, queue limits and default model as for producers, plus ``api``, and the
+    workers' detectors file (``GET /v1/detectors`` lists its detectors; submits may name them)."""
 
     api: ApiGroup = Field(default_factory=ApiGroup, description="HTTP API")
+    model: ApiModelGroup = Field(
+        default_factory=ApiModelGroup, description="The workers' detectors file (the API reads it without torch)"
+    )

@@ -72,13 +72,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="fewer images and passes (~1.5 min)")
     parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the fewest images and one pass: checks that each section runs (its figures mean nothing)",
+    )
+    parser.add_argument(
         "--only",
         action="append",
         choices=SECTION_NAMES,
         metavar="NAME",
         help=f"run only this section (repeatable): {', '.join(SECTION_NAMES)}",
     )
-    parser.add_argument("--out", type=Path, default=Path("bench/results"), help="where latest.json/.md go")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where latest.json/.md go (default: bench/results; with --smoke, nowhere unless given)",
+    )
     parser.add_argument(
         "--device",
         choices=("cpu", "cuda"),
@@ -97,7 +107,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from bench.common import environment_without_fakesake, machine, write_results
+    from bench.common import environment_without_fakesake, machine, markdown, write_results
 
     dropped = list(environment_without_fakesake())
     if dropped:
@@ -109,7 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="fakesake-bench-") as tmp:
-        ctx = Context(quick=args.quick, device=args.device, workdir=args.workdir or Path(tmp))
+        ctx = Context(
+            quick=args.quick or args.smoke, device=args.device, workdir=args.workdir or Path(tmp), smoke=args.smoke
+        )
         with ctx.stack:
             for name in chosen:
                 t0 = time.perf_counter()
@@ -120,12 +132,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                     traceback.print_exc()
                     rows.append(Row(name, "FAILED", None, "", ok=False, note=f"{type(exc).__name__}: {exc}"))
                 print(f"[bench] {name} done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-    text = write_results(args.out, info, rows, command, time.perf_counter() - started)
-    print(text)
-    print(
-        f"wrote {args.out / 'latest.json'} and {args.out / 'latest.md'} ({time.perf_counter() - started:.0f} s)",
-        file=sys.stderr,
-    )
+    out = args.out or (None if args.smoke else Path("bench/results"))  # smoke figures must not replace real ones
+    if out is None:
+        print(markdown(info, rows, command))
+        print(f"smoke run, no results written ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
+    else:
+        print(write_results(out, info, rows, command, time.perf_counter() - started))
+        print(
+            f"wrote {out / 'latest.json'} and {out / 'latest.md'} ({time.perf_counter() - started:.0f} s)",
+            file=sys.stderr,
+        )
     return 1 if any(r.name == "FAILED" for r in rows) else 0
 
 

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+SMOKE_N = 2  # what ``Context.n`` gives in smoke mode unless the section asks for more
+
 
 @dataclass
 class Row:
@@ -38,15 +40,20 @@ class Context:
     quick: bool
     device: str
     workdir: Path
+    smoke: bool = False  # the fewest items and one pass: checks that every section runs; its figures mean nothing
     cache: dict[str, Any] = field(default_factory=dict)
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)  # servers/workers to stop at the end
 
-    def n(self, full: int, quick: int) -> int:
-        """A count for this run's mode."""
+    def n(self, full: int, quick: int, smoke: int = SMOKE_N) -> int:
+        """A count for this run's mode (``smoke``: the fewest that still runs every step of the section)."""
+        if self.smoke:
+            return smoke
         return quick if self.quick else full
 
     @property
     def passes(self) -> int:
+        if self.smoke:
+            return 1
         return 3 if self.quick else 4
 
     def once(self, key: str, build: Callable[[], Any]) -> Any:

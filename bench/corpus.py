@@ -19,8 +19,8 @@ from PIL import Image
 from tests.support.images import encode, photo
 from worker.core.pipeline import Outcome, Pipeline, Prepared, Scanner
 from worker.core.registry import DetectorSpec
-from worker.service import builder
-from worker.service.builder import LoadedModel
+from worker.service import builder, loading
+from worker.service.loading import LoadedModel
 
 SPEC_NAME = "ffs-mj-5m"
 
@@ -139,9 +139,9 @@ def scan_rig(settings: Any, *, processes: bool = False) -> ScanRig:
     """``fakesake scan``'s path for ``settings`` (local files allowed): this process alone (a pipeline: prepare
     threads + one batching thread), or with ``processes`` the engine processes of ``batch.processes`` too.
 
-    The model is loaded first, because the sections also time the :class:`~worker.service.builder.LoadedModel`
+    The model is loaded first, because the sections also time the :class:`~worker.service.loading.LoadedModel`
     alone.
     """
-    loaded = builder.load_model(settings)
+    loaded = loading.load_model(settings)
     scanner = builder.scanner(settings, loaded=loaded, processes=processes)
     return ScanRig(loaded, scanner, settings.batch.max_size)

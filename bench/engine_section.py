@@ -75,10 +75,10 @@ def bound(ctx: Context, engine: ScanRig, sources: list[str]) -> dict[str, float]
     cheapest measured cost, decode overlapped with the model, and the model no faster than on all threads.
     """
     cores = os.cpu_count() or 1
-    repeats = 3 if ctx.quick else 5
+    repeats = ctx.n(5, 3, smoke=1)
     prepared = [engine.prepare(s) for s in sources[: engine.batch_size]]
     with torch_threads(1):
-        d = per_image_ms(lambda: [engine.prepare(s) for s in sources[:8]], 8, repeats)
+        d = per_image_ms(lambda: [engine.prepare(s) for s in sources[:8]], len(sources[:8]), repeats)
     batch = [p.tensor for p in prepared]
     costs: dict[str, float] = {}
     # mN on every core, whatever the engine's own thread setting: the bound is the machine's, not the config's.
@@ -92,10 +92,12 @@ def bound(ctx: Context, engine: ScanRig, sources: list[str]) -> dict[str, float]
     return {"decode_ms": d, "model_1t_ms": m_1, "model_all_ms": m_n, "cores": cores, "bound": ideal}
 
 
-def warm_up(engine: ScanRig, sources: list[str]) -> None:
-    """One batch per engine process (starting them all), so oneDNN/ORT kernels and thread pools are warm."""
+def warm_up(engine: ScanRig, sources: list[str], *, smoke: bool = False) -> None:
+    """One batch per engine process (starting them all), so oneDNN/ORT kernels and thread pools are warm
+    (``smoke``: one image per process, enough to start them)."""
     processes = engine.pool.processes if engine.pool is not None else 1
-    list(engine.classify(itertools.islice(itertools.cycle(sources), engine.batch_size * processes)))
+    per_process = 1 if smoke else engine.batch_size
+    list(engine.classify(itertools.islice(itertools.cycle(sources), per_process * processes)))
 
 
 def run(ctx: Context) -> list[Row]:
@@ -111,10 +113,11 @@ def run(ctx: Context) -> list[Row]:
     defaults = f"{default_backend}, {settings.model.preprocess}, {processes} process{'es' if processes > 1 else ''}"
     rows: list[Row] = []
     for name, (full, quick) in COUNTS.items():
-        images = image_set(ctx.workdir, name, ctx.n(full, quick))
+        images = image_set(ctx.workdir, name, ctx.n(full, quick, smoke=1))
         sources = images.sources
-        warm_up(engine, sources)
-        reference.score_files(sources[:2])
+        warm_up(engine, sources, smoke=ctx.smoke)
+        if not ctx.smoke:
+            reference.score_files(sources[:2])
         with torch.enable_grad():  # the card runs with autograd on (the default)
             rates = interleaved(
                 {

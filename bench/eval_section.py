@@ -125,7 +125,7 @@ def _rereport_rows(ctx: Context, template: dict[str, Any]) -> list[Row]:
         "eval --from-scores (4 plots)": (["eval", *base, "-o", str(folder)], ""),
         "calibrate --from-scores (platt)": (["calibrate", *base, "-o", str(folder / "calibration.json")], ""),
     }
-    repeat = ctx.n(5, 2)
+    repeat = ctx.n(5, 2, smoke=1)
     rows = []
     for i, (name, (argv, target)) in enumerate(commands.items()):
         if argv[0] == "eval" and "--no-plots" not in argv:
@@ -181,7 +181,7 @@ def run(ctx: Context) -> list[Row]:
     _eval_rate(single, sources[:2], sources[2:4], out)
     _scan_rate(single, sources[:4], [])
     rows = [
-        _side_by_side(worker_settings(weights), pooled, out, ctx.n(3, 2), "defaults (engine processes)"),
+        _side_by_side(worker_settings(weights), pooled, out, ctx.n(3, 2, smoke=1), "defaults (engine processes)"),
         _side_by_side(single, sources, out, ctx.passes, "1 process (batch.processes=1)"),
     ]
     first = next(json.loads(line) for line in (out / "scores.jsonl").read_text(encoding="utf-8").splitlines())

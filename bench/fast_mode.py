@@ -91,7 +91,7 @@ def rows(ctx: Context, weights: Any) -> list[Row]:
             "knobs",
             f"|dP(AI)| fast vs exact, mean over {len(sources)} jpeg-1024 (seeded model)",
             fast_mean,
-            "",
+            "P(AI)",
             yard_mean,
             "re-encode q95 vs exact",
             fast_mean / yard_mean if yard_mean else None,

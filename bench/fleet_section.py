@@ -6,7 +6,8 @@ Three consumers of the same lanes, each on its own database of ONE redis-server,
 - ``noop``: a no-op Celery task on fakesake's own Celery configuration (``bench/noop_worker.py``), the same pool
   and concurrency as ``fakesake worker``: what Celery + kombu + Redis allow one process;
 - ``stub x1``: the real ``fakesake worker`` with a stub classifier (``bench/stub_worker.py``) on small JPEGs:
-  every per-job step but the model (fetch, decode, preprocess, batching, counters, ledger, result store);
+  every per-job step but the model (fetch, decode, the CPU worker's numpy preprocessing to the model's 224^2
+  input, batching, counters, ledger, result store);
 - ``stub x2``: the same under ``--processes 2`` (one supervisor, one metrics scrape).
 
 Jobs/s run from the first enqueue to the last result stored (the no-op: to the lanes and kombu's unacked hash
@@ -213,7 +214,7 @@ def run(ctx: Context) -> list[Row]:
         noop, x1, x2 = made["noop"], made["x1"], made["x2"]
         time.sleep(2.0)  # the no-op worker's start (no readiness endpoint of its own)
         for c, stores in ((noop, False), (x1, True), (x2, True)):
-            c.rate(uris, 200, stores)  # warm-up: threads, connections, scripts loaded
+            c.rate(uris, ctx.n(200, 200, smoke=4), stores)  # warm-up: threads, connections, scripts loaded
         admin = redis.Redis.from_url(server.url)
         enqueue = producer_commands(admin, server.url.rsplit("/", 1)[0] + "/4", uris, n)
         counts = {
@@ -275,7 +276,7 @@ def run(ctx: Context) -> list[Row]:
             "ms/job",
             cpu_ms["noop"],
             "no-op Celery task",
-            cpu_ms["x1"] / cpu_ms["noop"],
+            cpu_ms["x1"] / cpu_ms["noop"] if cpu_ms["noop"] else None,  # a few jobs can cost 0 clock ticks
             note="user + system time of the consumer process over the timed passes, /proc/PID/stat",
         ),
         Row(

@@ -155,7 +155,7 @@ def wait_rows(ctx: Context, classifier: Any, tensor: torch.Tensor, max_size: int
     rows = []
     for wait_ms in (0, 5, 10, 20, 50):
         loop = Batcher(classifier.predict, BatchPolicy(max_size=max_size, max_wait_s=wait_ms / 1000)).start()
-        rate, latencies = _closed_loop(loop, tensor, 8, 1.0 if ctx.quick else 2.0)
+        rate, latencies = _closed_loop(loop, tensor, 8, 0.2 if ctx.smoke else 1.0 if ctx.quick else 2.0)
         loop.stop()
         rows.append(
             Row(
@@ -188,7 +188,7 @@ def _engine_table(
         name: build(worker_settings(weights, **cast(dict[str, Any], groups))) for name, groups in variants.items()
     }
     for e in engines.values():
-        warm_up(e, sources)
+        warm_up(e, sources, smoke=ctx.smoke)
     rates = interleaved({name: partial(engine_rate, e, sources) for name, e in engines.items()}, ctx.passes)
     for e in engines.values():
         e.close()
@@ -244,7 +244,7 @@ def run(ctx: Context) -> list[Row]:
     weights = ctx.once("weights", lambda: weights_file(ctx.workdir))
     settings = worker_settings(weights)
     engine = scan_rig(settings)
-    sources = image_set(ctx.workdir, "jpeg-1024", 16).sources
+    sources = image_set(ctx.workdir, "jpeg-1024", ctx.n(16, 16)).sources
     tensors = [engine.prepare(s).tensor for s in sources]
     batch = tensors[: settings.batch.max_size]
     # The backends compare against torch eager, so load the module itself: a cached ONNX graph means the engine

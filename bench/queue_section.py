@@ -64,8 +64,9 @@ def bench_worker_env(redis_url: str, weights: Path) -> dict[str, str]:
     return env
 
 
-def real_worker(ctx: Context, **env_overrides: str) -> dict[str, Any]:
-    """redis-server + one ``fakesake worker`` with default settings (started once per run and overrides)."""
+def real_worker(ctx: Context, *, ready: bool = True, **env_overrides: str) -> dict[str, Any]:
+    """redis-server + one ``fakesake worker`` with default settings (started once per run and overrides); with
+    ``ready`` False, returns once it is started (a later call waits for it to be ready)."""
 
     def start() -> dict[str, Any]:
         from worker.service.celery_app import worker_argv
@@ -76,14 +77,17 @@ def real_worker(ctx: Context, **env_overrides: str) -> dict[str, Any]:
         settings = worker_settings(weights)
         concurrency = next(int(a.split("=")[1]) for a in worker_argv(settings, []) if a.startswith("--concurrency"))
         worker = WorkerProcess(env=env, name=f"bench{os.getpid()}", concurrency=concurrency)
-        worker.start(wait_ready_s=300)
+        worker.start(wait_ready_s=0)
         ctx.stack.callback(worker.terminate)
         prod = producer(server.url)
         ctx.stack.callback(prod.close)
         return {"redis": server, "worker": worker, "producer": prod, "settings": settings}
 
     key = "real_worker" + "".join(f",{k}={v}" for k, v in sorted(env_overrides.items()))
-    return ctx.once(key, start)  # type: ignore[no-any-return]
+    started: dict[str, Any] = ctx.once(key, start)
+    if ready:
+        started["worker"].wait_ready(300)  # one health check once it is
+    return started
 
 
 def naive_rate(ctx: Context, sources: list[str], passes: int) -> list[float]:
@@ -107,10 +111,13 @@ def naive_rate(ctx: Context, sources: list[str], passes: int) -> list[float]:
             "--without-heartbeat",
             "-n",
             f"naive{os.getpid()}@%h",
+            *(["--concurrency=1"] if ctx.smoke else []),  # each child loads the card pipeline: one is enough there
         ]
-        proc = subprocess.Popen(
-            cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
-        )
+        # Its log goes to a file: a pipe nobody reads would fill up and block the worker.
+        with open(ctx.workdir / "naive-worker.log", "wb") as log_file:
+            proc = subprocess.Popen(
+                cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log_file, start_new_session=True
+            )
         prod = producer(server.url)
         try:
             queue_rate(prod, sources[:2])  # warm-up: each child loads the card pipeline on its first task
@@ -126,6 +133,7 @@ def naive_rate(ctx: Context, sources: list[str], passes: int) -> list[float]:
 
 
 def run_queue(ctx: Context) -> list[Row]:
+    real_worker(ctx, ready=False, FAKESAKE_METRICS__TASK_EVENTS="true")  # both workers start at once
     real = real_worker(ctx)
     images = image_set(ctx.workdir, "jpeg-1024", ctx.n(128, 48))
     uris = images.uris
@@ -222,7 +230,7 @@ def run_latency(ctx: Context) -> list[Row]:
     duration_s = ctx.n(8, 4)
     jobs = []
     start = time.perf_counter()
-    for i in range(int(rate * duration_s)):
+    for i in range(max(1, int(rate * duration_s))):  # at least one job, however slow the worker
         time.sleep(max(0.0, start + i / rate - time.perf_counter()))
         job = prod.build_job(uris[i % len(uris)], tenant=TENANT)
         prod.enqueue([job])

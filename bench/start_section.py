@@ -2,7 +2,7 @@
 
 Every figure is the wall time of a fresh process, measured from just before it is spawned:
 
-* ready: ``builder.load_model`` of the default settings (ONNX backend on CPU) until it returns, with an empty
+* ready: ``loading.load_model`` of the default settings (ONNX backend on CPU) until it returns, with an empty
   ONNX graph cache (imports torch and timm, loads strictly, exports) and with a warm one (neither);
 * ``fakesake scan`` of one 1024^2 JPEG (warm cache) vs ``python -m bench.card_script`` of the same file;
 * ``fakesake scan`` of a folder of 1024^2 JPEGs (warm cache, default engine processes) vs the card script.
@@ -26,7 +26,7 @@ SECTION = "start"
 REPO = Path(__file__).resolve().parents[1]
 TARGET_RATIO = 3.0
 TARGET_READY_S = 1.5
-READY = "from worker.service import builder, settings; builder.load_model(settings.WorkerSettings())"
+READY = "from worker.service import loading, settings; loading.load_model(settings.WorkerSettings())"
 
 
 def _env(weights: Path, cache: Path) -> dict[str, str]:

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from functools import partial
 from typing import Any
 
-from worker.service import builder
+from worker.service import loading
 
 CHILD_MODULE = "bench.stub_worker"
 
@@ -27,18 +26,17 @@ class StubClassifier:
         return [0.5] * len(batch)
 
 
-def stub_model(settings: Any, **_: Any) -> builder.LoadedModel:
-    """What ``builder.load_model`` returns for ``settings``, with :class:`StubClassifier` and no weights."""
+def stub_model(settings: Any, **_: Any) -> loading.LoadedModel:
+    """What ``loading.load_model`` returns for ``settings``, with :class:`StubClassifier` and no weights."""
     from worker.core import registry
-    from worker.inference.preprocess import from_bytes
 
     spec = registry.get(settings.model.name)
-    decode = partial(from_bytes, policy=builder.decode_policy(settings, spec), pre=spec.preprocessing)
-    return builder.LoadedModel(spec, builder.thresholds(settings, spec), StubClassifier(), decode, "cpu")
+    decode = loading.cpu_decode(settings, spec, loading.decode_policy(settings, spec))  # what a CPU worker runs
+    return loading.LoadedModel(spec, loading.thresholds(settings, spec), StubClassifier(), decode, "cpu")
 
 
 def main(argv: list[str]) -> int:
-    builder.load_model = stub_model  # type: ignore[assignment]  # the one swap this module exists for
+    loading.load_model = stub_model  # type: ignore[assignment]  # the one swap this module exists for (load_models calls it)
     from worker.service import supervisor
     from worker.service.cli import main as cli_main
 

@@ -1,4 +1,5 @@
-"""``fakesake submit``, ``fakesake result`` and ``fakesake dlq``: the producer side of the command line.
+"""``fakesake submit``, ``fakesake result``, ``fakesake dlq`` (and ``feedback``, ``lanes``): the producer side of the
+command line.
 
 Mounted by the root CLI (``worker/service/cli.py``) through :func:`add_subcommands`; each sub-command sets
 ``run(args) -> exit code``. Exit codes: 0 all ok, 3 some jobs failed (each reported), 2 usage or
@@ -13,7 +14,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import IO, Any
 
-from producers import feedback_cli
+from producers import feedback_cli, lanes_cli
 from producers.contract import JobResult, Priority
 from producers.errors import ErrorCode, FakesakeError, PermanentError
 from producers.output import FORMATS, ensemble_fields, record, write_records
@@ -148,6 +149,7 @@ def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _dlq_common(q)
     q.set_defaults(run=run_dlq_retry)
     feedback_cli.add_subcommand(sub)
+    lanes_cli.add_subcommand(sub)
 
 
 def _dlq_common(p: argparse.ArgumentParser) -> None:

@@ -35,7 +35,6 @@ from producers.contract import (
     Label,
     Priority,
     lane_priority,
-    lanes_for,
 )
 from producers.errors import ErrorCode, PermanentError, TransientError
 from producers.feedback import FeedbackStore
@@ -332,7 +331,7 @@ class Producer:
         those of every detector set a live worker serves."""
         with redis_errors("queue depths"):
             adverts = serving.live(self.redis, self.settings.queue.served_max_age_s or 30.0)
-        lanes = sorted({*ALL_QUEUES, *(lane for a in adverts for lane in lanes_for(a.detectors))})
+        lanes = sorted({*ALL_QUEUES, *serving.served_lanes(adverts)})  # a stray advert adds no lane, no error
         with redis_errors("queue depths"), self.redis.pipeline(transaction=False) as pipe:
             for lane in lanes:
                 pipe.llen(lane)

@@ -96,16 +96,22 @@ def lane_priority(lane: str) -> str:
 MAX_SERVED_DETECTORS: Final = 6
 
 
-def lanes_for(detectors: Iterable[str]) -> tuple[str, ...]:
-    """The lanes of a worker serving ``detectors``: each priority's lane of every non-empty subset of them (the
-    jobs it can answer), interactive ones first (kombu's Redis transport polls them in this order)."""
+def served_subsets(detectors: Iterable[str]) -> list[list[str]]:
+    """Every non-empty subset of ``detectors`` (sorted names; smaller sets first): the detector sets whose jobs a
+    worker serving ``detectors`` can answer. ValueError outside 1..MAX_SERVED_DETECTORS detectors."""
     names = sorted(set(detectors))
     if not 1 <= len(names) <= MAX_SERVED_DETECTORS:
         raise ValueError(f"a worker serves 1 to {MAX_SERVED_DETECTORS} detectors, not {len(names)}")
-    subsets = [
+    return [
         [n for i, n in enumerate(names) if mask >> i & 1]
         for mask in sorted(range(1, 1 << len(names)), key=int.bit_count)
     ]
+
+
+def lanes_for(detectors: Iterable[str]) -> tuple[str, ...]:
+    """The lanes of a worker serving ``detectors``: each priority's lane of every non-empty subset of them (the
+    jobs it can answer), interactive ones first (kombu's Redis transport polls them in this order)."""
+    subsets = served_subsets(detectors)
     return tuple(queue_name(p, subset) for p in Priority for subset in subsets)
 
 

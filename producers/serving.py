@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from producers.contract import LUA_NOW, Keys
+from producers.contract import LUA_NOW, MAX_SERVED_DETECTORS, Keys, Priority, queue_name, served_subsets
 
 # KEYS[1] = Keys.SERVING; ARGV = member, forget_s. Refreshes one member and drops members silent for forget_s.
 _ADVERTISE_LUA = (
@@ -59,7 +59,13 @@ def withdraw(client: Any, advert: Advert) -> None:
 
 def live(client: Any, max_age_s: float) -> list[Advert]:
     """The adverts refreshed within ``max_age_s``."""
-    return [Advert.parse(m) for m in client.eval(_LIVE_LUA, 1, Keys.SERVING, max_age_s)]
+    return [Advert.parse(m) for m in request_live(client, max_age_s)]
+
+
+def request_live(client: Any, max_age_s: float) -> Any:
+    """Send the query of :func:`live` on ``client``: its reply (a list of members for :meth:`Advert.parse`), or, on
+    a pipeline, the pipeline, so a reader can fetch the adverts in the same round trip as other commands."""
+    return client.eval(_LIVE_LUA, 1, Keys.SERVING, max_age_s)
 
 
 def unserved(wanted: Iterable[tuple[str, ...]], adverts: Iterable[Advert]) -> list[tuple[str, ...]]:
@@ -67,3 +73,20 @@ def unserved(wanted: Iterable[tuple[str, ...]], adverts: Iterable[Advert]) -> li
     serve all of its detectors)."""
     served = [a.detectors for a in adverts]
     return [w for w in dict.fromkeys(wanted) if not any(set(w) <= s for s in served)]
+
+
+def worker_lanes(detectors: Iterable[str]) -> dict[str, str]:
+    """Every lane a worker serving ``detectors`` consumes (the lanes of :func:`producers.contract.lanes_for`) -> the
+    lane's detector set, sorted and comma-separated: each priority's lane of every non-empty subset."""
+    subsets = served_subsets(detectors)
+    return {queue_name(p, subset): ",".join(subset) for p in Priority for subset in subsets}
+
+
+def served_lanes(adverts: Iterable[Advert]) -> dict[str, str]:
+    """:func:`worker_lanes` of every advertised detector set, together (an advert naming no detector, or more than
+    a worker may serve, adds none: a stray member must not cost 2**n lanes)."""
+    lanes: dict[str, str] = {}
+    for names in sorted({tuple(sorted(a.detectors)) for a in adverts}):
+        if 1 <= len(names) <= MAX_SERVED_DETECTORS:
+            lanes.update(worker_lanes(names))
+    return lanes

@@ -11,6 +11,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import redis
@@ -317,7 +318,84 @@ def test_health_and_detectors(api: ApiServer, acme: str) -> None:
     detectors = api.call("GET", "/v1/detectors", key=acme).json["detectors"]
     assert "ffs-mj-5m@1.0" in [d["ref"] for d in detectors]
     assert [d["name"] for d in detectors if d["default"]] == ["ffs-mj-5m"]
+    assert {d["source"] for d in detectors} == {"built-in"}  # no detectors file given to this server
     assert api.call("GET", "/openapi.json").json["info"]["title"] == "fakesake"
+
+
+_DETECTORS_FILE = """
+[[detectors]]
+name = "kyc-ft"
+base = "ffs-mj-5m"
+weights = "kyc/model.pt"
+version = "2024-06"
+description = "fine-tuned on KYC selfies"
+
+[[detectors]]
+name = "tiny"
+arch = "resnet18"
+num_features = 512
+weights = "tiny/model.pt"
+preprocessing = { size_px = 160 }
+"""
+
+
+def test_detectors_lists_the_detectors_file_and_what_live_workers_serve(api_db: str, acme: str, tmp_path: Path) -> None:
+    path = tmp_path / "detectors.toml"
+    path.write_text(_DETECTORS_FILE)
+    client = redis.Redis.from_url(api_db)
+    adverts = [
+        serving.Advert("w1", frozenset({"ffs-mj-5m", "kyc-ft"})),
+        serving.Advert("w2", frozenset({"ffs-mj-5m", "kyc-ft"})),
+        serving.Advert("w3", frozenset({"ffs-mj-5m"})),
+        serving.Advert("w4", frozenset({"from-a-package"})),  # an entry-point detector the API cannot know
+    ]
+    with api_server(api_db, {"FAKESAKE_MODEL__DETECTORS_FILE": str(path)}) as server:
+        idle = server.call("GET", "/v1/detectors", key=acme).json
+        assert idle["served"] == [] and not any(d["served"] or d["workers"] for d in idle["detectors"])
+        for advert in adverts:
+            serving.advertise(client, advert, forget_s=60)
+        try:
+            body = server.call("GET", "/v1/detectors", key=acme).json
+            refused = server.call("POST", "/v1/jobs", body={"source": URL, "model": "tiny"}, key=acme)
+            accepted = server.call("POST", "/v1/jobs", body={"source": URL, "model": "kyc-ft"}, key=acme)
+        finally:
+            for advert in adverts:
+                serving.withdraw(client, advert)
+            client.delete(queue_name("interactive", ["kyc-ft"]))
+    listed = {d["name"]: d for d in body["detectors"]}
+    assert listed["kyc-ft"] == {
+        "name": "kyc-ft",
+        "version": "2024-06",
+        "ref": "kyc-ft@2024-06",
+        "description": "fine-tuned on KYC selfies",
+        "input_size_px": listed["ffs-mj-5m"]["input_size_px"],  # its base's preprocessing
+        "default": False,
+        "source": "configured",
+        "served": True,
+        "workers": 2,
+    }
+    tiny, builtin = listed["tiny"], listed["ffs-mj-5m"]
+    assert (tiny["source"], tiny["served"], tiny["input_size_px"]) == ("configured", False, 160)
+    assert (builtin["source"], builtin["workers"], builtin["default"]) == ("built-in", 3, True)
+    assert "from-a-package" not in listed
+    assert body["served"] == [
+        {"detectors": ["ffs-mj-5m", "kyc-ft"], "workers": 2},
+        {"detectors": ["ffs-mj-5m"], "workers": 1},
+        {"detectors": ["from-a-package"], "workers": 1},
+    ]
+    # Configured but served by nobody: known (409 unserved-model, not 422 unknown-model); served: accepted.
+    assert (refused.status, refused.code) == (409, "unserved-model")
+    assert accepted.status == 202
+
+
+def test_a_bad_detectors_file_stops_the_api_at_start(api_db: str, tmp_path: Path) -> None:
+    path = tmp_path / "detectors.toml"
+    path.write_text('[[detectors]]\nname = "x"\n')  # neither base nor arch
+    with (
+        pytest.raises(RuntimeError, match="give exactly one of base"),
+        api_server(api_db, {"FAKESAKE_MODEL__DETECTORS_FILE": str(path)}),
+    ):
+        pass
 
 
 # --- end to end ---------------------------------------------------------------------------------------

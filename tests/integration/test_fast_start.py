@@ -112,3 +112,27 @@ def test_engine_processes_start_without_torch(rig: dict[str, Any]) -> None:
     assert found["children"] == 2 and found["children_with_libtorch"] == 0
     assert found["torch"] is False and found["timm"] is False
     assert all(s is not None for s in found["scores"]) and len(found["scores"]) == 12
+
+
+def test_a_scan_of_many_batches_starts_its_engine_processes_early_without_torch(rig: dict[str, Any]) -> None:
+    _run(rig, "cli", "scan", "--no-progress", "-o", str(rig["root"] / "prime.jsonl"), rig["images"][0])  # cache
+    pool_env = {"FAKESAKE_BATCH__PROCESSES": "2", "FAKESAKE_BATCH__MAX_SIZE": "4"}
+    lazy = _run(rig, "pool", *rig["images"], env=pool_env)  # builder.scanner without start_early
+    out = rig["root"] / "early.jsonl"
+    early = _run(rig, "cli", "scan", "--no-progress", "-o", str(out), *rig["images"], env=pool_env)
+    assert early == {"code": 0, "torch": False, "timm": False}
+    assert _scores(out) == lazy["scores"]
+
+
+def test_the_console_scan_exits_at_once_with_every_record_flushed(rig: dict[str, Any]) -> None:
+    # `fakesake scan` skips the interpreter's teardown (worker.service.cli.entry): what it printed must all arrive,
+    # and its exit code must be the scan's.
+    _run(rig, "cli", "scan", "--no-progress", "-o", str(rig["root"] / "prime.jsonl"), rig["images"][0])  # cache
+    env = {**rig["env"], "FAKESAKE_BATCH__PROCESSES": "2", "FAKESAKE_BATCH__MAX_SIZE": "4"}
+    missing = str(rig["root"] / "missing.jpg")
+    cmd = [sys.executable, "-m", "worker.service.cli", "scan", "--no-progress", *rig["images"], missing]
+    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=280, check=False)
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["source"] for r in records] == [*rig["images"], missing]
+    assert records[-1]["status"] == "error" and all(r["status"] == "ok" for r in records[:-1])
+    assert done.returncode == 3, done.stderr  # some inputs failed

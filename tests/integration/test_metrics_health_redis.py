@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import redis
 
-from producers.contract import ALL_QUEUES, Keys
+from producers import serving
+from producers.contract import ALL_QUEUES, DEFAULT_MODEL, Keys, queue_name
 from tests.support.servers import redis_server
 from worker.service.health import HealthState, Heartbeat
 from worker.service.metrics import Metrics
@@ -15,15 +16,38 @@ def test_queue_depth_and_dlq_size_come_from_redis(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     m = Metrics()
     m.watch_redis(client)
-    assert m.registry.get_sample_value("fakesake_queue_depth", {"lane": "bulk"}) == 0
+    bulk = {"lane": "bulk", "queue": ALL_QUEUES[1], "detectors": DEFAULT_MODEL}
+    assert m.registry.get_sample_value("fakesake_queue_depth", bulk) == 0
     assert m.registry.get_sample_value("fakesake_dlq_size") == 0
     client.lpush(ALL_QUEUES[1], *[f"job{i}" for i in range(5)])
     client.lpush(ALL_QUEUES[0], "job")
     client.hset(Keys.DLQ, mapping={"a": "{}", "b": "{}"})  # producers/dlq.py keeps records in a hash
-    assert m.registry.get_sample_value("fakesake_queue_depth", {"lane": "bulk"}) == 5
-    assert m.registry.get_sample_value("fakesake_queue_depth", {"lane": "interactive"}) == 1
+    assert m.registry.get_sample_value("fakesake_queue_depth", bulk) == 5
+    interactive = {"lane": "interactive", "queue": ALL_QUEUES[0], "detectors": DEFAULT_MODEL}
+    assert m.registry.get_sample_value("fakesake_queue_depth", interactive) == 1
     assert m.registry.get_sample_value("fakesake_dlq_size") == 2
     assert m.registry.get_sample_value("fakesake_redis_up") == 1
+    client.close()
+
+
+def test_the_lanes_of_advertised_detector_sets_are_reported(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    ensemble = queue_name("bulk", ["kyc-ft", DEFAULT_MODEL])
+    client.lpush(ensemble, "job1", "job2", "job3")
+    m = Metrics()
+    m.watch_redis(client)
+    labels = {"lane": "bulk", "queue": ensemble, "detectors": f"{DEFAULT_MODEL},kyc-ft"}
+    assert m.registry.get_sample_value("fakesake_queue_depth", labels) is None  # nobody serves it (yet)
+    advert = serving.Advert("metrics-test-worker", frozenset({DEFAULT_MODEL, "kyc-ft"}))
+    serving.advertise(client, advert, forget_s=60)
+    try:
+        assert m.registry.get_sample_value("fakesake_queue_depth", labels) == 3
+        only_kyc = {"lane": "interactive", "queue": queue_name("interactive", ["kyc-ft"]), "detectors": "kyc-ft"}
+        assert m.registry.get_sample_value("fakesake_queue_depth", only_kyc) == 0
+    finally:
+        serving.withdraw(client, advert)
+    assert m.registry.get_sample_value("fakesake_queue_depth", labels) == 3  # the backlog outlives the advert
+    client.delete(ensemble)
     client.close()
 
 

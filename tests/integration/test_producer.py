@@ -52,6 +52,10 @@ def test_submit_queues_one_celery_message(producer: Producer, client: redis.Redi
     assert producer.queue_depths() == {"interactive": 0, "bulk": 0}  # no live worker serves ffs-sd-5m
     serving.advertise(client, serving.Advert("w1", frozenset({"ffs-sd-5m"})), forget_s=60)
     assert producer.queue_depths() == {"interactive": 0, "bulk": 1}
+    # a stray member (no detector, or more than a worker may serve) adds no lane and breaks nothing
+    for names in (frozenset(), frozenset(f"d{i}" for i in range(7))):
+        serving.advertise(client, serving.Advert("stray", names), forget_s=60)
+    assert producer.queue_depths() == {"interactive": 0, "bulk": 1}
 
 
 def test_submit_many_keeps_order_and_lanes(producer: Producer, client: redis.Redis) -> None:

@@ -17,7 +17,7 @@ from tests.support.images import photo
 from tests.support.scoring_env import quick_scoring_env
 from worker.core import registry
 from worker.core.calibration import Calibration
-from worker.service import builder
+from worker.service import loading
 from worker.service.cli import main
 from worker.service.settings import ModelSettings, WorkerSettings
 
@@ -131,21 +131,21 @@ def test_builder_reads_the_global_and_tenant_calibrations(tmp_path: Path, monkey
     acme = _write_cal(tenants / "acme.json", tmp_path, sha, seed=2)
     monkeypatch.setenv("FAKESAKE_MODEL__CALIBRATION", str(tmp_path / "global.json"))
     monkeypatch.setenv("FAKESAKE_MODEL__CALIBRATION_DIR", str(tenants))
-    cals = builder.calibrations(WorkerSettings(), SPEC, weights)
+    cals = loading.calibrations(WorkerSettings(), SPEC, weights)
     assert cals.for_tenant("acme") == acme and cals.for_tenant("globex") == default
     assert set(cals.tenants) == {"acme"}
 
     weights.write_bytes(b"other weights")  # a different file: refused, naming both hashes
     with pytest.raises(ConfigError) as info:
-        builder.calibrations(WorkerSettings(), SPEC, weights)
+        loading.calibrations(WorkerSettings(), SPEC, weights)
     assert sha in info.value.message and hashlib.sha256(b"other weights").hexdigest() in info.value.message
 
 
 def test_builder_refuses_raw_threshold_overrides_next_to_a_calibration(tmp_path: Path) -> None:
     settings = WorkerSettings(model=ModelSettings(calibration=str(tmp_path / "c.json"), ai_min=0.9))
     with pytest.raises(ConfigError, match="own thresholds"):
-        builder.calibrations(settings, SPEC, tmp_path / "w.pt")
-    assert not builder.calibrations(WorkerSettings(), SPEC, None)  # nothing configured: nothing read
+        loading.calibrations(settings, SPEC, tmp_path / "w.pt")
+    assert not loading.calibrations(WorkerSettings(), SPEC, None)  # nothing configured: nothing read
 
 
 # --- on seeded weights ------------------------------------------------------------------------------------

@@ -134,7 +134,7 @@ def test_models_lists_configured_detectors_with_the_hash_of_local_weights(
 
 
 def test_loaded_weights_stamp_their_sha256_and_hub_commit_on_the_identity(tmp_path: Path) -> None:
-    from worker.service.builder import LoadedModel
+    from worker.service.loading import LoadedModel
 
     spec = registry.get("ffs-mj-5m")
     snapshot = tmp_path / "models--Sumsub--x" / "snapshots" / ("c0ffee" * 7)[:40]

@@ -8,6 +8,7 @@ import this module, so what only the parent needs (timm, the fetch stack) is imp
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import signal
 from collections.abc import Iterator, Sequence
@@ -114,6 +115,37 @@ def test_children_start_lazily_one_per_chunk_and_stop_on_close() -> None:
     [child] = p._children  # one chunk, one child
     p.close()
     assert child.process.exitcode == 0 and p.started == 0
+
+
+def test_start_builds_every_child_in_the_background_for_the_next_classify() -> None:
+    p = EnginePool(fake_engine, 2, chunk_size=CHUNK, model_ref=SPEC.ref)
+    try:
+        p.start()
+        p.start()  # a second call starts nothing more
+        sources = [*GOOD, "mem://missing", *GOOD]
+        assert _summary(list(p.classify(sources))) == _summary(list(fake_engine().classify(sources)))
+        assert p.started == 2 and len(set(p.pids)) == 2
+    finally:
+        p.close()
+    assert p.started == 0
+
+
+def test_close_during_a_background_start_leaves_no_child() -> None:
+    before = set(multiprocessing.active_children())
+    p = EnginePool(fake_engine, 2, chunk_size=CHUNK, model_ref=SPEC.ref)
+    p.start()
+    p.close()  # waits for the start, then stops what it started
+    assert p.started == 0 and set(multiprocessing.active_children()) <= before
+    with pytest.raises(RuntimeError, match="closed"):
+        p.start()
+
+
+def test_a_child_started_early_that_cannot_build_its_engine_fails_the_classify() -> None:
+    broken = EnginePool(broken_engine, 2, chunk_size=CHUNK, model_ref=SPEC.ref)
+    broken.start()
+    with pytest.raises(ConfigError, match="weights not found"):
+        list(broken.classify(list(GOOD) * 3))
+    assert broken.started == 0
 
 
 def test_a_child_that_cannot_build_its_engine_is_a_config_error() -> None:

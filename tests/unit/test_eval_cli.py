@@ -13,7 +13,7 @@ from tests.support.checkpoints import seeded_state, write_snapshot
 from tests.support.images import photo
 from tests.support.scoring_env import quick_scoring_env
 from worker.core import registry
-from worker.service import builder
+from worker.service import loading
 from worker.service.cli import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -123,7 +123,7 @@ def test_from_scores_reproduces_the_report_without_a_model(
     def no_model(*args: object, **kwargs: object) -> None:
         raise AssertionError("--from-scores must not load a model")
 
-    monkeypatch.setattr(builder, "load_model", no_model)
+    monkeypatch.setattr(loading, "load_model", no_model)
     again = tmp_path / "again"
     code = main(["eval", "--from-scores", str(out / "scores.jsonl"), "--bootstrap", "50", "-o", str(again)])
     assert code == 3

@@ -18,8 +18,8 @@ from worker.core.calibration import Calibration
 from worker.evaluation.dataset import LabelledInput
 from worker.inference.loader import build_module, load_detector, read_checkpoint
 from worker.service import finetune as ft
-from worker.service.builder import weights_sha256
 from worker.service.cli import main
+from worker.service.loading import weights_sha256
 from worker.service.settings import WorkerSettings
 from worker.training import corpus
 from worker.training.config import TrainConfig

@@ -156,17 +156,17 @@ def test_a_warm_start_takes_the_weights_hash_from_the_cache(
     """The identity stamp, the calibration check and the graph key share one hash, and a warm start takes it
     from the cache's memo instead of reading the whole checkpoint again (large models take seconds)."""
     from worker.inference import loader
-    from worker.service import builder
+    from worker.service import loading
     from worker.service.settings import WorkerSettings
 
     settings = WorkerSettings.model_validate(
         {"model": {"weights": str(weights), "backend": "onnx", "onnx_cache_dir": str(tmp_path)}}
     )
-    first = builder.load_model(settings)  # cold: hashes, exports, stores the graph and the hash
+    first = loading.load_model(settings)  # cold: hashes, exports, stores the graph and the hash
     hashed: list[Path] = []
     real = loader.weights_sha256
     monkeypatch.setattr(loader, "weights_sha256", lambda path: hashed.append(path) or real(path))
-    monkeypatch.setattr(builder, "_HASHED", {})  # a fresh process
-    warm = builder.load_model(settings)
+    monkeypatch.setattr(loading, "_HASHED", {})  # a fresh process
+    warm = loading.load_model(settings)
     assert hashed == [] and warm.spec.identity == first.spec.identity
     assert warm.spec.weights_sha256 == real(weights)

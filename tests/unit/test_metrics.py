@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from prometheus_client import generate_latest
 
-from producers.contract import ALL_QUEUES, Keys
+from producers.contract import ALL_QUEUES, DEFAULT_MODEL, MAX_SERVED_DETECTORS, Keys, queue_name
 from tests.support.servers import free_port
 from worker.service.metrics import Metrics, default, lane_of, start_metrics_server
 
@@ -21,10 +21,17 @@ def _value(m: Metrics, name: str, labels: dict[str, str] | None = None) -> float
 
 
 class FakeRedis:
-    """Just LLEN, TYPE and the size commands, through a pipeline, like redis-py."""
+    """Just the live-advert EVAL, LLEN, TYPE and the size commands, through a pipeline, like redis-py."""
 
-    def __init__(self, lists: dict[str, int], dlq: tuple[str, int] | None = None, broken: bool = False) -> None:
-        self.lists, self.dlq, self.broken = lists, dlq, broken
+    def __init__(
+        self,
+        lists: dict[str, int],
+        dlq: tuple[str, int] | None = None,
+        broken: bool = False,
+        adverts: list[str] | None = None,
+    ) -> None:
+        self.lists, self.dlq, self.broken, self.adverts = lists, dlq, broken, adverts or []
+        self.round_trips = 0
 
     def pipeline(self, transaction: bool = True) -> FakeRedis._Pipe:
         return FakeRedis._Pipe(self)
@@ -40,7 +47,16 @@ class FakeRedis:
             self.owner, self.calls = owner, []  # type: ignore[var-annotated]
 
         def llen(self, key: str) -> None:
-            self.calls.append(self.owner.lists.get(key, 0))
+            self.calls.append(self.owner.zcard(key) if key == Keys.DLQ else self.owner.lists.get(key, 0))
+
+        def zcard(self, key: str) -> None:
+            self.calls.append(self.owner.zcard(key))
+
+        hlen = zcard
+
+        def eval(self, script: str, numkeys: int, key: str, *args: Any) -> None:
+            assert key == Keys.SERVING
+            self.calls.append([m.encode() for m in self.owner.adverts])
 
         def type(self, key: str) -> None:
             self.calls.append(self.owner.dlq[0].encode() if self.owner.dlq else b"none")
@@ -48,6 +64,7 @@ class FakeRedis:
         def execute(self) -> list[Any]:
             if self.owner.broken:
                 raise ConnectionError("connection refused")
+            self.owner.round_trips += 1
             return self.calls
 
 
@@ -100,12 +117,61 @@ def test_queue_depth_and_dlq_size_are_read_at_scrape_time(dlq: tuple[str, int] |
     m = Metrics()
     fake = FakeRedis({ALL_QUEUES[0]: 3, ALL_QUEUES[1]: 12}, dlq)
     m.watch_redis(fake)
-    assert _value(m, "fakesake_queue_depth", {"lane": "interactive"}) == 3
-    assert _value(m, "fakesake_queue_depth", {"lane": "bulk"}) == 12
+    assert _value(m, "fakesake_queue_depth", _default_lane("interactive")) == 3
+    assert _value(m, "fakesake_queue_depth", _default_lane("bulk")) == 12
     assert _value(m, "fakesake_dlq_size") == expected_dlq
     assert _value(m, "fakesake_redis_up") == 1
     fake.lists[ALL_QUEUES[1]] = 40  # no caching: the next scrape sees the new length
-    assert _value(m, "fakesake_queue_depth", {"lane": "bulk"}) == 40
+    assert _value(m, "fakesake_queue_depth", _default_lane("bulk")) == 40
+
+
+def _default_lane(priority: str) -> dict[str, str]:
+    return {"lane": priority, "queue": queue_name(priority), "detectors": DEFAULT_MODEL}
+
+
+def _depths(m: Metrics) -> dict[str, tuple[str, str, float]]:
+    """queue -> (lane, detectors, depth) of one scrape."""
+    (family,) = [f for f in m.registry.collect() if f.name == "fakesake_queue_depth"]
+    return {s.labels["queue"]: (s.labels["lane"], s.labels["detectors"], s.value) for s in family.samples}
+
+
+def test_the_lanes_of_every_advertised_detector_set_are_read_in_two_round_trips() -> None:
+    ab, a = queue_name("bulk", ["b-det", "a-det"]), queue_name("interactive", ["a-det"])
+    fake = FakeRedis({ab: 7, a: 2}, ("hash", 1), adverts=["host:1:ff a-det,b-det", "host:2:ee ffs-mj-5m"])
+    m = Metrics()
+    m.watch_redis(fake)
+    fake.round_trips = 0
+    depths = _depths(m)
+    assert fake.round_trips == 2
+    # a-det,b-det: 3 subsets x 2 priorities; ffs-mj-5m: the default lanes (read anyway, listed once)
+    assert len(depths) == 8 and set(ALL_QUEUES) <= set(depths)
+    assert depths[ab] == ("bulk", "a-det,b-det", 7)
+    assert depths[a] == ("interactive", "a-det", 2)
+    assert depths[queue_name("bulk")] == ("bulk", DEFAULT_MODEL, 0)
+    # sum by (lane) adds the sets up; the default lane's old series is one of them
+    assert sum(v for lane, _, v in depths.values() if lane == "bulk") == 7
+
+
+def test_a_backlog_stays_visible_after_its_workers_go_until_it_drains() -> None:
+    ab, a = queue_name("bulk", ["a-det", "b-det"]), queue_name("bulk", ["a-det"])
+    fake = FakeRedis({ab: 5}, adverts=["w1 a-det,b-det"])
+    m = Metrics()
+    m.watch_redis(fake)
+    assert a in _depths(m)
+    fake.adverts = []  # the ensemble workers went away (scaled to zero, crashed)
+    assert _depths(m)[a] == ("bulk", "a-det", 0)  # reported empty once ...
+    depths = _depths(m)
+    assert depths[ab] == ("bulk", "a-det,b-det", 5) and a not in depths  # ... then forgotten; the backlog stays
+    fake.lists[ab] = 0
+    assert ab in _depths(m)  # reported empty once ...
+    assert set(_depths(m)) == set(ALL_QUEUES)  # ... then forgotten
+
+
+def test_a_stray_advert_naming_too_many_detectors_costs_no_lanes() -> None:
+    names = ",".join(f"d{i}" for i in range(MAX_SERVED_DETECTORS + 1))
+    m = Metrics()
+    m.watch_redis(FakeRedis({}, adverts=[f"w {names}"]))
+    assert set(_depths(m)) == set(ALL_QUEUES)
 
 
 def test_redis_failure_reports_down_instead_of_failing_the_scrape() -> None:
@@ -113,7 +179,7 @@ def test_redis_failure_reports_down_instead_of_failing_the_scrape() -> None:
     m.watch_redis(FakeRedis({}, broken=True))
     text = generate_latest(m.registry).decode()
     assert "fakesake_redis_up 0.0" in text
-    assert _value(m, "fakesake_queue_depth", {"lane": "bulk"}) is None
+    assert _depths(m) == {}
 
 
 def test_watch_redis_registers_once() -> None:

@@ -15,7 +15,7 @@ from worker.inference.loader import LoadedDetector
 from worker.inference.onnx_classifier import OnnxClassifier
 from worker.inference.preprocess import to_tensor
 from worker.inference.torch_classifier import TorchClassifier, p_ai
-from worker.service import builder
+from worker.service import loading
 from worker.service.settings import WorkerSettings
 
 pytest.importorskip("onnxruntime")
@@ -86,7 +86,7 @@ def test_engine_from_settings_selects_backend(tmp_path: Path, backend: str, prep
             }
         }
     )
-    assert isinstance(builder.load_model(settings).classifier, kind)
+    assert isinstance(loading.load_model(settings).classifier, kind)
 
 
 def test_backend_setting_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -98,10 +98,10 @@ def test_backend_setting_from_environment(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_auto_falls_back_to_torch_without_onnxruntime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(builder, "find_spec", lambda name: None)
+    monkeypatch.setattr(loading, "find_spec", lambda name: None)
     weights = write_snapshot(SPEC, tmp_path, seeded_state(SPEC, 0))
     settings = WorkerSettings.model_validate({"model": {"weights": str(weights), "device": "cpu", "threads": 1}})
-    assert isinstance(builder.load_model(settings).classifier, TorchClassifier)
+    assert isinstance(loading.load_model(settings).classifier, TorchClassifier)
 
 
 def test_p_ai_reads_the_ai_column_of_the_softmax() -> None:

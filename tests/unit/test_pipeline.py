@@ -28,7 +28,7 @@ from worker.core.pipeline import Outcome, Pipeline, Prepared, Preparer, judge
 from worker.core.registry import Thresholds
 from worker.inference.imaging import DecodePolicy
 from worker.inference.preprocess import from_bytes
-from worker.service import builder
+from worker.service import builder, loading
 from worker.service.scan import outcome_record
 from worker.service.settings import BatchSettings, ModelSettings, WorkerSettings
 
@@ -218,7 +218,7 @@ def _settings(weights: Path, **model: object) -> WorkerSettings:
 def test_from_settings_builds_a_working_engine(tmp_path: Path) -> None:
     write_snapshot(SPEC, tmp_path, seeded_state(SPEC))
     settings = _settings(tmp_path, human_max=0.2, preprocess="fast")
-    loaded = builder.load_model(settings)
+    loaded = loading.load_model(settings)
     assert loaded.device == "cpu" and loaded.decode.keywords["policy"].mode == "fast"  # type: ignore[attr-defined]
     engine = builder.pipeline(settings, MemoryFetcher(GOOD), loaded)
     assert engine.thresholds == Thresholds(human_max=0.2, ai_min=SPEC.thresholds.ai_min)
@@ -230,7 +230,7 @@ def test_from_settings_builds_a_working_engine(tmp_path: Path) -> None:
 
 def test_from_settings_rejects_thresholds_crossing_the_spec(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="thresholds"):
-        builder.load_model(_settings(tmp_path, human_max=0.9))
+        loading.load_model(_settings(tmp_path, human_max=0.9))
 
 
 def test_judge_bands_the_score_then_lets_provenance_raise_it_and_names_the_bytes_read() -> None:

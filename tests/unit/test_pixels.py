@@ -7,6 +7,7 @@ import pytest
 
 from producers.errors import PermanentError
 from tests.support.images import corpus, encode, photo, truncated
+from tests.unit.test_preprocess import _reference
 from worker.core import registry
 from worker.inference import pixels, preprocess
 from worker.inference.imaging import DecodePolicy
@@ -20,9 +21,9 @@ def test_same_values_as_the_torch_path(name: str, width: int, height: int) -> No
     pre = registry.get(name).preprocessing
     img = photo(width, height, width + height)
     got = pixels.to_array(img, pre)
-    expected = preprocess.to_tensor(img, pre).numpy()
+    expected = _reference(pre)(img).numpy()  # torchvision's own Compose, not our torch path (which shares ours)
     assert got.dtype == np.float32 and got.shape == expected.shape == (3, pre.size_px, pre.size_px)
-    assert float(np.abs(got - expected).max()) <= 1e-6
+    assert np.array_equal(got, expected)  # bit for bit: the lookup repeats the reference's float32 steps
     assert float(np.abs(expected).max()) > 1.0  # normalised, not trivially zero
 
 
@@ -33,7 +34,21 @@ def test_from_bytes_over_the_corpus(mode: str) -> None:
     for case in corpus():
         got = pixels.from_bytes(case.data, policy, pre)
         expected = preprocess.from_bytes(case.data, policy, pre).numpy()
-        assert float(np.abs(got - expected).max()) <= 1e-6, case
+        assert np.array_equal(got, expected), case
+
+
+@pytest.mark.parametrize("name", ["ffs-mj-5m", "ffs-v2"])
+def test_every_8bit_level_normalises_bit_for_bit(name: str) -> None:
+    from PIL import Image
+
+    pre = registry.get(name).preprocessing
+    side = pre.size_px  # no resize at the model's own size: every level reaches the normalisation as it is
+    rng = np.random.default_rng(3)
+    levels = np.resize(np.arange(256, dtype=np.uint8), side * side * 3)
+    img = Image.fromarray(rng.permutation(levels).reshape(side, side, 3), "RGB")
+    for c in range(3):
+        assert len(np.unique(np.asarray(img)[:, :, c])) == 256
+    assert np.array_equal(pixels.to_array(img, pre), _reference(pre)(img).numpy())
 
 
 def test_bad_input_gets_the_same_code() -> None:

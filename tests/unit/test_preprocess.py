@@ -36,7 +36,7 @@ def test_matches_torchvision_compose(name: str, image: str) -> None:
     pre = registry.get(name).preprocessing
     ours, ref = to_tensor(IMAGES[image], pre), _reference(pre)(IMAGES[image])
     assert ours.shape == (3, pre.size_px, pre.size_px) and ours.dtype == torch.float32
-    assert float((ours - ref).abs().max()) <= 1e-6
+    assert torch.equal(ours, ref)  # bit for bit
 
 
 def test_v2_matches_timm_eval_transform() -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from producers.contract import JobResult
 from tests.unit.test_processing import JOB, MemoryCounters, MemoryStore, ScriptedPreparer, make
-from worker.core.processing import Finished, JobProcessor
+from worker.core.processing import Arrival, Finished, JobProcessor, RateLimitPolicy, RetryLater
 
 
 class NoSeparateReads(MemoryCounters):
@@ -20,14 +21,38 @@ class NoSeparateGets(MemoryStore):
 
 
 class CountingArrivals:
-    """``Arrivals`` over the in-memory store and counters (their data, not their read methods); counts calls."""
+    """``Arrivals`` over the in-memory store and counters (their data, not their methods), with the Redis
+    script's rules (worker/stores/counters.py); counts calls."""
 
     def __init__(self, store: MemoryStore, counters: MemoryCounters) -> None:
         self.store, self.counters, self.calls = store, counters, 0
 
-    def arrive(self, tenant: str, job_id: str) -> tuple[JobResult | None, int]:
+    def arrive(self, tenant: str, job_id: str, *, max_deliveries: int = 0, count_attempt: bool = False) -> Arrival:
         self.calls += 1
-        return self.store.results.get((tenant, job_id)), self.counters.open.get(job_id, 0)
+        existing, prior = self.store.results.get((tenant, job_id)), self.counters.open.get(job_id, 0)
+        if existing is not None or max_deliveries == 0 or 0 < prior == max_deliveries - 1:
+            return Arrival(existing, prior)
+        self.counters.open[job_id] = begun = prior + 1
+        if not count_attempt:
+            return Arrival(None, prior, begun)
+        self.counters.tries[job_id] += 1
+        return Arrival(None, prior, begun, self.counters.tries[job_id])
+
+
+class NoSeparateCounts(MemoryCounters):
+    """Counters whose begin/attempt calls are counted: the arrival does both in the common case."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.separate: list[str] = []
+
+    def begin_delivery(self, job_id: str) -> int:
+        self.separate.append("begin")
+        return super().begin_delivery(job_id)
+
+    def next_attempt(self, job_id: str) -> int:
+        self.separate.append("attempt")
+        return super().next_attempt(job_id)
 
 
 def _processor(preparer: ScriptedPreparer, counters: MemoryCounters) -> tuple[JobProcessor, Any, CountingArrivals]:
@@ -91,3 +116,50 @@ def test_a_store_that_closes_deliveries_saves_the_separate_end_but_retries_still
     done = proc.process(JOB)
     assert isinstance(done, Finished) and not done.duplicate
     assert counters.ends == 1 and not counters.open  # closed by the store's write, no second call
+
+
+def test_the_arrival_begins_the_delivery_and_counts_the_attempt_in_the_common_case() -> None:
+    counters, preparer = NoSeparateCounts(), ScriptedPreparer()
+    proc, _, arrivals = _processor(preparer, counters)
+    decision = proc.process(JOB)
+    assert isinstance(decision, Finished) and decision.result.attempts == 1
+    assert arrivals.calls == 1 and counters.separate == [] and not counters.open
+
+
+def test_a_last_chance_is_begun_after_the_isolation_gate_not_on_arrival() -> None:
+    counters, preparer = NoSeparateCounts(), ScriptedPreparer()
+    counters.open[JOB.job_id] = 1  # max_deliveries=2 (make): one earlier delivery died, this is the last chance
+    proc, _, _ = _processor(preparer, counters)
+    entered: list[str] = []
+
+    class Gate:
+        def exclusive(self) -> Any:
+            entered.append("exclusive")
+            assert counters.open[JOB.job_id] == 1  # nothing begun while it may still wait for batch-mates
+            return contextlib.nullcontext()
+
+        def shared(self) -> Any:
+            entered.append("shared")
+            return contextlib.nullcontext()
+
+    proc.isolation = Gate()  # type: ignore[assignment]
+    decision = proc.process(JOB)
+    assert isinstance(decision, Finished) and decision.result.error is None
+    assert entered == ["exclusive"] and counters.separate == ["begin", "attempt"]
+
+
+def test_a_job_that_rate_limits_may_defer_counts_its_attempt_only_when_it_runs() -> None:
+    class Deferring:
+        def __init__(self) -> None:
+            self.waits = [5.0, 0.0]
+
+        def reserve(self, scope: str, name: str, rate: float, burst: int, max_defer_s: float) -> tuple[float, bool]:
+            return self.waits.pop(0), True
+
+    counters, preparer = NoSeparateCounts(), ScriptedPreparer()
+    proc, _, _ = _processor(preparer, counters)
+    proc.limiter, proc.rate = Deferring(), RateLimitPolicy(tenant_per_s=1.0)
+    deferred = proc.process(JOB)
+    assert isinstance(deferred, RetryLater) and deferred.deferral and counters.tries[JOB.job_id] == 0
+    done = proc.process(JOB)  # the slot was not held across the retry here (reserved not passed): checked again
+    assert isinstance(done, Finished) and done.result.attempts == 1 and counters.separate == ["attempt"]

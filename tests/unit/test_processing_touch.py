@@ -1,4 +1,5 @@
-"""The received-job ledger touch runs off Celery's consumer thread (worker.service.runtime.DeferredToucher)."""
+"""Worker-process helpers around the job path: the received-job ledger touch off the consumer thread
+(worker.service.runtime.DeferredToucher) and the bound on concurrent preparation (BoundedPreparer)."""
 
 from __future__ import annotations
 
@@ -56,3 +57,57 @@ def test_a_failing_touch_does_not_stop_the_next_ones() -> None:
     toucher("good")
     toucher.stop()
     assert seen == ["good"]
+
+
+def test_with_a_linger_ids_arriving_one_by_one_share_a_touch() -> None:
+    calls: list[list[str]] = []
+    toucher = DeferredToucher(calls.append, linger_s=0.5).start()
+    for job_id in ("a", "b", "c"):
+        toucher(job_id)
+        threading.Event().wait(0.01)  # a trickle: each id arrives after the thread has taken the previous one
+    toucher.stop()
+    assert calls == [["a", "b", "c"]]
+
+
+def test_the_bounded_preparer_lets_limit_jobs_prepare_at_once_and_frees_a_failed_jobs_slot() -> None:
+    import time
+
+    from worker.service.runtime import BoundedPreparer
+
+    inside, peak, lock, gate = 0, 0, threading.Lock(), threading.Event()
+
+    class Held:
+        def prepare(self, source: str, version: str | None = None, *, tenant: str | None = None) -> object:
+            nonlocal inside, peak
+            with lock:
+                inside += 1
+                peak = max(peak, inside)
+            gate.wait(5)
+            with lock:
+                inside -= 1
+            if source == "bad":
+                raise ValueError("undecodable")
+            return source
+
+    bounded = BoundedPreparer(Held(), 2)  # type: ignore[arg-type]
+    failures: list[str] = []
+
+    def run(source: str) -> None:
+        try:
+            bounded.prepare(source)
+        except ValueError:
+            failures.append(source)
+
+    threads = [threading.Thread(target=run, args=("bad" if i % 3 == 0 else f"ok{i}",)) for i in range(9)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 5
+    while inside < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)  # room for a third to get in, if the bound let it
+    assert inside == 2 and peak == 2
+    gate.set()
+    for t in threads:
+        t.join(10)
+    assert peak == 2 and len(failures) == 3 and inside == 0
+    assert bounded.prepare("again") == "again"  # every slot came back, failed ones included

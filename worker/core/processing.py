@@ -76,11 +76,24 @@ class JobCounters(Protocol):
     def attempts(self, job_id: str) -> int: ...
 
 
-class Arrivals(Protocol):
-    """The two reads every delivery starts with, in one round trip (they cost a Redis call each otherwise)."""
+@dataclass(frozen=True)
+class Arrival:
+    """What a delivery learns as it arrives, and what the arrival already counted for it."""
 
-    def arrive(self, tenant: str, job_id: str) -> tuple[JobResult | None, int]:
-        """The job's final result if stored, and its open deliveries as ``JobCounters.open_deliveries``."""
+    existing: JobResult | None  # the job's final result, if one is stored
+    prior: int  # open deliveries before this one (those whose worker died), as ``JobCounters.open_deliveries``
+    begun: int | None = None  # this delivery begun by the arrival: the open count including it
+    attempt: int | None = None  # this attempt counted by the arrival: its number
+
+
+class Arrivals(Protocol):
+    """The reads and counts every delivery starts with, in one round trip (a Redis call each otherwise)."""
+
+    def arrive(self, tenant: str, job_id: str, *, max_deliveries: int = 0, count_attempt: bool = False) -> Arrival:
+        """The stored result and the open deliveries. With ``max_deliveries`` and no stored result, also begin
+        this delivery as ``JobCounters.begin_delivery`` (and count an attempt as ``next_attempt`` when
+        ``count_attempt``) — unless it is the job's last chance (``0 < prior == max_deliveries - 1``), which is
+        begun only once it may run (after the isolation gate)."""
         ...
 
 
@@ -124,27 +137,32 @@ class JobProcessor:
     def process(self, job: JobMessage, reserved: frozenset[str] = frozenset()) -> Decision:
         """Decide one delivery of ``job``; ``reserved`` names the rate limits whose slot it already holds."""
         started = self.clock()
-        existing, prior = self._arrive(job)
-        if existing is not None:
-            log.info("job already has a final result (%s); not processing again", existing.status)
+        arrival = self._arrive(job, reserved)
+        if arrival.existing is not None:
+            log.info("job already has a final result (%s); not processing again", arrival.existing.status)
             self.counters.end_delivery(job.job_id)
-            return Finished(existing, duplicate=True)
+            return Finished(arrival.existing, duplicate=True)
 
         # Jobs redelivered after a crash come back together. On its last delivery before it would be
         # dead-lettered, a job runs alone in this process, so a poison job cannot take an innocent
         # batch-mate down with it on every delivery (which would dead-letter both).
-        last_chance = 0 < prior == self.retry.max_deliveries - 1
+        last_chance = 0 < arrival.prior == self.retry.max_deliveries - 1
         with self.isolation.exclusive() if last_chance else self.isolation.shared():
-            return self._deliver(job, started, reserved)
+            return self._deliver(job, started, reserved, arrival)
 
-    def _arrive(self, job: JobMessage) -> tuple[JobResult | None, int]:
+    def _arrive(self, job: JobMessage, reserved: frozenset[str]) -> Arrival:
         if self.arrivals is not None:
-            return self.arrivals.arrive(job.tenant, job.job_id)
+            # No rate limit can defer this job (a deferral is not an attempt): its attempt is counted now too.
+            no_limits = not self._limit_checks(job, reserved)
+            return self.arrivals.arrive(
+                job.tenant, job.job_id, max_deliveries=self.retry.max_deliveries, count_attempt=no_limits
+            )
         existing = self.store.get(job.tenant, job.job_id)
-        return existing, 0 if existing is not None else self.counters.open_deliveries(job.job_id)
+        return Arrival(existing, 0 if existing is not None else self.counters.open_deliveries(job.job_id))
 
-    def _deliver(self, job: JobMessage, started: float, reserved: frozenset[str]) -> Decision:
-        open_deliveries = self.counters.begin_delivery(job.job_id)
+    def _deliver(self, job: JobMessage, started: float, reserved: frozenset[str], arrival: Arrival) -> Decision:
+        begun = arrival.begun
+        open_deliveries = begun if begun is not None else self.counters.begin_delivery(job.job_id)
         if open_deliveries > self.retry.max_deliveries:
             err = PermanentError(
                 ErrorCode.POISON,
@@ -154,7 +172,7 @@ class JobProcessor:
 
         try:
             deferred = self._limit(job, reserved)
-            decision = deferred if deferred is not None else self._run(job, started, open_deliveries)
+            decision = deferred if deferred is not None else self._run(job, started, open_deliveries, arrival.attempt)
         except BaseException:
             # An error that reaches us (e.g. the result store is down) is not a dead worker: close this
             # delivery, or a few store outages in a row would finish a healthy job as poison.
@@ -170,17 +188,21 @@ class JobProcessor:
         except Exception:  # the counters share the store's Redis; the original error is the one to report
             log.warning("could not close the delivery count of job %s", job_id, exc_info=True)
 
+    def _limit_checks(self, job: JobMessage, reserved: frozenset[str]) -> list[tuple[str, str, float, int]]:
+        """The rate limits that may defer ``job`` now: (scope, name, rate, burst), those it holds a slot of left out."""
+        if self.limiter is None:
+            return []
+        checks = []
+        if self.rate.tenant_per_s > 0 and "tenant" not in reserved:
+            checks.append(("tenant", job.tenant, self.rate.tenant_per_s, self.rate.tenant_burst))
+        if self.rate.host_per_s > 0 and "host" not in reserved:
+            checks.append(("host", source_host(job.source), self.rate.host_per_s, self.rate.host_burst))
+        return checks
+
     def _limit(self, job: JobMessage, reserved: frozenset[str]) -> RetryLater | None:
         if self.limiter is None:
             return None
-        checks = []
-        if self.rate.tenant_per_s > 0:
-            checks.append(("tenant", job.tenant, self.rate.tenant_per_s, self.rate.tenant_burst))
-        if self.rate.host_per_s > 0:
-            checks.append(("host", source_host(job.source), self.rate.host_per_s, self.rate.host_burst))
-        for scope, name, rate, burst in checks:
-            if scope in reserved:
-                continue
+        for scope, name, rate, burst in self._limit_checks(job, reserved):
             wait_s, held = self.limiter.reserve(scope, name, rate, burst, self.rate.max_defer_s)
             if wait_s > 0:
                 err = TransientError(ErrorCode.RATE_LIMITED, f"{scope} rate limit reached", retry_after_s=wait_s)
@@ -190,8 +212,8 @@ class JobProcessor:
                 )
         return None
 
-    def _run(self, job: JobMessage, started: float, deliveries: int) -> Decision:
-        attempt = self.counters.next_attempt(job.job_id)
+    def _run(self, job: JobMessage, started: float, deliveries: int, counted: int | None = None) -> Decision:
+        attempt = counted if counted is not None else self.counters.next_attempt(job.job_id)
         assert self.members is not None
         names = job.detectors
         picked = [self.members[n] for n in names if n in self.members]

@@ -2,10 +2,10 @@
 
 ``exact`` (the default) is the reference pipeline: ``transforms.Compose([Resize((s, s)), ToTensor(),
 Normalize(mean, std)])`` on the PIL image (timm's eval transform with ``crop_mode="squash"``,
-``crop_pct=1.0`` is the same thing for the 2.0 model). We call the same torchvision functions on the PIL
-image, so the resize is Pillow's (antialiased) and the arithmetic is the same: ``uint8 -> float32 / 255``,
-then ``(x - mean) / std`` in place. The only change is skipping ToTensor's extra ``contiguous()`` copy; the
-values are identical (tests assert it).
+``crop_pct=1.0`` is the same thing for the 2.0 model). The resize is Pillow's (antialiased), as torchvision's
+``Resize`` does for a PIL image, and the arithmetic is the same: ``uint8 -> float32 / 255``, then
+``(x - mean) / std`` in float32, looked up per 8-bit level (:mod:`worker.inference.pixels`, which this path
+shares); the values are identical (tests assert it against torchvision's ``Compose``).
 
 ``tensor`` (opt-in, ``model.preprocess=tensor``): plain JPEGs (Pillow mode RGB or L, bilinear models) are
 decoded by libjpeg-turbo through torchvision (pixel-identical to Pillow's decode: same library, same
@@ -38,24 +38,27 @@ import torchvision.transforms.functional as F
 import torchvision.transforms.v2.functional as F2
 from PIL import Image
 from torchvision.io import ImageReadMode
-from torchvision.transforms import InterpolationMode
 
 from worker.core.registry import Preprocessing
 from worker.inference.imaging import DecodePolicy, load_rgb, open_checked
+from worker.inference.pixels import to_array
 
 log = logging.getLogger(__name__)
 
-_INTERPOLATION = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
 # Pillow modes of JPEGs whose libjpeg RGB output equals Pillow's decode + convert("RGB") (CMYK/YCCK do not).
 _TENSOR_JPEG_MODES = frozenset({"RGB", "L"})
 
 
 def to_tensor(img: Image.Image, pre: Preprocessing) -> torch.Tensor:
-    """A (3, size, size) float32 tensor for ``img`` (which must be RGB: see ``worker.inference.imaging.to_rgb``)."""
+    """A (3, size, size) float32 tensor for ``img`` (which must be RGB: see ``worker.inference.imaging.to_rgb``).
+
+    The numpy path's array, shared without a copy: the same Pillow resize, normalised per 8-bit level by the
+    reference's float32 steps (:func:`worker.inference.pixels.to_array`), bit for bit what ``ToTensor`` +
+    ``Normalize`` give (tests/unit/test_preprocess.py compares with torchvision's ``Compose``) at a fraction of
+    their four passes over the image."""
     if img.mode != "RGB":
         raise ValueError(f"to_tensor needs an RGB image, got mode {img.mode}")
-    resized = F.resize(img, [pre.size_px, pre.size_px], interpolation=_INTERPOLATION[pre.interpolation])
-    return _normalise(F.pil_to_tensor(resized), pre)
+    return torch.from_numpy(to_array(img, pre))
 
 
 def from_bytes(data: bytes, policy: DecodePolicy, pre: Preprocessing, device: str | None = None) -> torch.Tensor:

@@ -7,9 +7,11 @@ fetch + decode + preprocess + predict for one chunk (one batch) of sources at a 
 
 Only sources, the recipe and :class:`~worker.core.pipeline.Outcome` records cross the process boundary. Children are
 started with ``forkserver`` (``spawn`` where there is none; torch/ORT thread pools and ``fork`` do not mix) lazily,
-when a chunk needs one, are reused across ``classify`` calls and are stopped by :meth:`EnginePool.close`, by
-garbage collection of the pool, or at interpreter exit. A child that dies (segfault, OOM kill) turns its chunk,
-and only its chunk, into ``internal`` outcomes and is replaced for the next chunk.
+when a chunk needs one, or all at once in the background by :meth:`EnginePool.start` (so the fork server's imports
+and the children's model loads overlap whatever this process does meanwhile), are reused across ``classify`` calls
+and are stopped by :meth:`EnginePool.close`, by garbage collection of the pool, or at interpreter exit. A child
+that dies (segfault, OOM kill) turns its chunk, and only its chunk, into ``internal`` outcomes and is replaced for
+the next chunk.
 """
 
 from __future__ import annotations
@@ -113,9 +115,13 @@ class _Child:
     conn: Connection
     chunk: tuple[int, list[str], float] | None = None  # (seq, sources, dispatched at) while busy
 
-    def stop(self) -> None:
+    def ask_to_stop(self) -> None:
         with contextlib.suppress(OSError):  # already dead
             self.conn.send(None)
+
+    def stop(self, asked: bool = False) -> None:
+        if not asked:
+            self.ask_to_stop()
         self.process.join(STOP_TIMEOUT_S)
         if self.process.is_alive():
             self.process.kill()
@@ -135,9 +141,13 @@ def _receive(child: _Child) -> tuple[str, Any]:
     return "died", None
 
 
-def _stop_all(children: list[_Child]) -> None:
+def _stop_all(children: list[_Child], starters: list[threading.Thread]) -> None:
+    while starters:  # a background start may still add children: let it finish first
+        starters.pop().join()
+    for child in children:  # all at once: they tear their engines down in parallel
+        child.ask_to_stop()
     while children:
-        children.pop().stop()
+        children.pop().stop(asked=True)
 
 
 @dataclass
@@ -168,8 +178,9 @@ class EnginePool:
         self._children: list[_Child] = []
         self._busy = threading.Lock()
         self._closed = False
+        self._starters: list[threading.Thread] = []  # a running background start (see start)
         # Stops children when the pool is closed, collected, or the interpreter exits (holds no reference to self).
-        self._finalizer = weakref.finalize(self, _stop_all, self._children)
+        self._finalizer = weakref.finalize(self, _stop_all, self._children, self._starters)
 
     @property
     def started(self) -> int:
@@ -180,6 +191,30 @@ class EnginePool:
     def pids(self) -> list[int]:
         """Process ids of the running children (for logs and tests)."""
         return [c.process.pid for c in self._children if c.process.pid is not None]
+
+    def start(self) -> None:
+        """Start every child now, in a background thread, without waiting for them: the fork server's imports and
+        each child's engine build then overlap what the caller does next (a scan loads its own model meanwhile).
+        ``classify`` and ``close`` wait for this start to finish. A child that cannot build its engine is reported
+        by the ``classify`` that first hands it a chunk, as with a lazy start."""
+        if self._closed:
+            raise RuntimeError("engine pool is closed")
+        if self._starters:
+            return
+        starter = threading.Thread(target=self._start_all, name="fakesake-engine-start", daemon=True)
+        self._starters.append(starter)
+        starter.start()
+
+    def _start_all(self) -> None:
+        try:
+            while len(self._children) < self.processes:
+                self._spawn()
+        except Exception:  # classify starts what is missing lazily, and raises there if it fails again
+            log.exception("starting engine processes in the background failed")
+
+    def _wait_started(self) -> None:
+        while self._starters:
+            self._starters.pop().join()
 
     def close(self) -> None:
         """Stop the children (a later ``classify`` is refused)."""
@@ -192,6 +227,7 @@ class EnginePool:
             raise RuntimeError("engine pool is closed")
         if not self._busy.acquire(blocking=False):
             raise RuntimeError("one classify at a time per engine pool")
+        self._wait_started()
         chunks = chunked(sources, self.chunk_size)
         run = _Run()
         chunk: list[str] | None = None  # taken from the sources, waiting for a child
@@ -227,6 +263,9 @@ class EnginePool:
                 return child
         if len(self._children) >= self.processes:
             return None
+        return self._spawn()
+
+    def _spawn(self) -> _Child:
         parent_end, child_end = self._context.Pipe()
         process = self._context.Process(
             target=_child_main, args=(child_end, self.build), name="fakesake-engine", daemon=True

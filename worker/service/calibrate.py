@@ -49,7 +49,7 @@ def _weights_sha(rows: list[Row], args: argparse.Namespace, model: str) -> str:
             "pass --weights with the weights file that scored them, or score again"
         )
     from worker.inference.loader import resolve_weights
-    from worker.service.builder import weights_sha256
+    from worker.service.loading import weights_sha256
 
     return weights_sha256(resolve_weights(registry.get(model.split("@", 1)[0]), args.weights))
 

@@ -8,9 +8,12 @@ Exit codes: 0 success, 3 some inputs failed (each reported), 2 usage or configur
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from producers.errors import ConfigError, ErrorCode
 
@@ -298,5 +301,24 @@ def _main(argv: list[str]) -> int:
     return code
 
 
+# Commands whose process has nothing left to do once they return (records written and flushed, engine processes
+# and threads stopped): they skip the interpreter's teardown, module by module with numpy and onnxruntime loaded,
+# which took 0.26-0.30 s after a scan with engine processes here (os._exit: 0.02-0.04 s).
+QUICK_EXIT_COMMANDS = frozenset({"scan"})
+
+
+def entry() -> NoReturn:
+    """The ``fakesake`` console script: :func:`main`, then exit (at once after :data:`QUICK_EXIT_COMMANDS`)."""
+    argv = sys.argv[1:]
+    code = main(argv)
+    if argv[:1] and argv[0] in QUICK_EXIT_COMMANDS:
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):  # a closed pipe (`| head`): nothing more can reach it
+                stream.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()

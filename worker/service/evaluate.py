@@ -69,7 +69,7 @@ def score_inputs(
     (to ``scores_file``, default ``out/scores.jsonl``), each with the sha256 of the weights that scored it."""
     from producers.s3 import make_s3_client
     from worker.inference.imaging import decode
-    from worker.service import builder
+    from worker.service import builder, loading
 
     inputs = dataset.labelled_inputs(args.real or [], args.ai or [], args.dataset or [], args.manifest or [])
     if not inputs:
@@ -78,10 +78,10 @@ def score_inputs(
     needs_s3 = any(i.source.startswith("s3://") for i in inputs)
     s3_client = make_s3_client(settings.s3) if needs_s3 else None
     sources = _expand(inputs, s3_client)
-    loaded = builder.load_model(settings)
-    sha = builder.weights_sha256(loaded.weights_path) if loaded.weights_path is not None else None
+    loaded = loading.load_model(settings)
+    sha = loading.weights_sha256(loaded.weights_path) if loaded.weights_path is not None else None
     # Perturbations decode at full resolution with the pipeline's limits and codes (never the fast draft mode).
-    image_decode = partial(decode, policy=replace(builder.decode_policy(settings, loaded.spec), mode="exact"))
+    image_decode = partial(decode, policy=replace(loading.decode_policy(settings, loaded.spec), mode="exact"))
     rows: list[Row] = []
     with open(scores_file or out / SCORES, "w", encoding="utf-8") as f:
         for p in [None, *perturbations]:
@@ -103,7 +103,7 @@ def score_inputs(
 
 def _model_of(rows: list[Row], settings: Any) -> tuple[str, Any]:
     """The model that produced the rows and its thresholds (overridden as the settings say)."""
-    from worker.service import builder
+    from worker.service import loading
 
     refs = sorted({r["model"] for r in rows if r.get("model")})
     if len(refs) > 1:
@@ -111,8 +111,8 @@ def _model_of(rows: list[Row], settings: Any) -> tuple[str, Any]:
     ref = refs[0] if refs else registry.get(settings.model.name).ref
     spec = registry.get(ref.split("@", 1)[0])
     if settings.model.calibration is not None:  # calibrated scores are banded by the calibration's thresholds
-        return ref, builder.read_calibration(settings.model.calibration).thresholds
-    return ref, builder.thresholds(settings, spec)
+        return ref, loading.read_calibration(settings.model.calibration).thresholds
+    return ref, loading.thresholds(settings, spec)
 
 
 def _perturbation_names(rows: list[Row]) -> list[str]:

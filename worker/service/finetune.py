@@ -28,7 +28,7 @@ from producers.errors import ConfigError
 from producers.s3 import make_s3_client
 from worker.core.registry import DetectorSpec
 from worker.evaluation import dataset
-from worker.service import builder
+from worker.service import builder, loading
 from worker.service.scan import expand_inputs, settings_from_args
 from worker.service.settings import WorkerSettings
 from worker.training import card, corpus, gate, outputs, split
@@ -112,7 +112,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         allow_private=args.allow_private,
     )
     settings = settings_from_args(flags)
-    spec = builder.catalog(settings).get(settings.model.name)
+    spec = loading.catalog(settings).get(settings.model.name)
     device, workers = _device_workers(settings.model.device)
     config = TrainConfig(
         epochs=args.epochs,
@@ -149,7 +149,7 @@ def _read(
     s3 = make_s3_client(settings.s3) if any(i.source.startswith("s3://") for i in inputs) else None
     sources = list(dataset.expand(inputs, lambda items: expand_inputs(items, s3)))
     fetcher = builder.fetcher(settings, allow_local_files=True, client=s3, job_retries=False)
-    policy: DecodePolicy = replace(builder.decode_policy(settings, spec), mode="exact")
+    policy: DecodePolicy = replace(loading.decode_policy(settings, spec), mode="exact")
     return corpus.read(sources, fetcher, policy, progress=progress, what=what)
 
 
@@ -166,7 +166,7 @@ def finetune(
         import torch
 
         torch.set_num_threads(settings.model.threads)
-    policy = replace(builder.decode_policy(settings, spec), mode="exact")
+    policy = replace(loading.decode_policy(settings, spec), mode="exact")
     items, failures = _read(job.inputs, settings, spec, job.progress, "read")
     sp = split.split([i.source.label for i in items], split.groups([i.keys for i in items]), cfg.val_fraction, cfg.seed)
     split_doc = corpus.split_doc(items, sp, failures)
@@ -176,7 +176,7 @@ def finetune(
         spec, job.weights, revision=settings.model.revision, device="cpu", s3_client_factory=s3_factory
     )
     assert base.path is not None  # the loader always reads a local file
-    base_sha = builder.weights_sha256(base.path)
+    base_sha = loading.weights_sha256(base.path)
     device = resolve_device(job.device)
     train_items, val_items = [items[i] for i in sp.train], [items[i] for i in sp.val]
     from worker.training.data import TrainImages
@@ -213,11 +213,11 @@ def finetune(
     final = build_module(spec)
     final.load_state_dict(result.best_state)
     model_path = save_checkpoint(final, out / "model.pt")
-    new_sha = builder.weights_sha256(model_path)
+    new_sha = loading.weights_sha256(model_path)
     # Both sides of every comparison are read back from their files, strictly, as scan and the workers read them.
     before = load_detector(spec, base.path, device=device)
     after = load_detector(spec, model_path, device=device)
-    thresholds = builder.thresholds(settings, spec)
+    thresholds = loading.thresholds(settings, spec)
 
     def evaluate(name: str, loaded: Any, data: Any, its: list[corpus.Item], sha: str) -> list[dict[str, Any]]:
         scores = score(loaded.module, data, spec.ai_index, device, batch_size=cfg.eval_batch_size, amp=False).scores
@@ -285,7 +285,7 @@ def _gate(
     if not items:
         decision = gate.GateDecision(False, "auc", None, None, job.max_regression, "no baseline image could be read")
     else:
-        policy = replace(builder.decode_policy(settings, spec), mode="exact")
+        policy = replace(loading.decode_policy(settings, spec), mode="exact")
         data = corpus.eval_images(items, spec.preprocessing, policy, spec.ai_index)
         base, new = (
             gate.SetMetrics(**outputs.headline(evaluate(name, loaded, data, items, sha), thresholds))

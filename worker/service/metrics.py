@@ -11,8 +11,8 @@ slots' ports (:mod:`worker.service.slots`). Under ``fakesake worker --processes 
 prometheus-client's multiprocess mode and their supervisor serves one merged scrape
 (:mod:`worker.service.supervisor`); the gauges here say how to merge them (``multiprocess_mode``).
 
-Queue depth and DLQ size are read from Redis at scrape time by :class:`RedisDepthCollector` (one pipelined
-round trip), so every worker reports the same, current figures: aggregate them with ``max``, not ``sum``.
+Queue depth and DLQ size are read from Redis at scrape time by :class:`RedisDepthCollector` (two pipelined
+round trips), so every worker reports the same, current figures: aggregate them with ``max``, not ``sum``.
 No torch here.
 """
 
@@ -28,8 +28,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from producers import serving
 from producers.connections import text
-from producers.contract import ALL_QUEUES, KEY_PREFIX, Keys, lane_priority
+from producers.contract import ALL_QUEUES, DEFAULT_MODEL, KEY_PREFIX, Keys, lane_priority
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,9 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 #: ``code`` label value of a successful job (Prometheus labels cannot be absent).
 NO_ERROR = "none"
+#: Adverts refreshed within this many seconds name the lanes the depth collector reads (producers' default
+#: ``queue.served_max_age_s``; workers refresh theirs every ``metrics.heartbeat_interval_s``, 5 s by default).
+SERVED_MAX_AGE_S = 30.0
 
 
 class DepthClient(Protocol):
@@ -74,23 +78,49 @@ def lane_of(queue: str) -> str:
 
 
 class RedisDepthCollector(Collector):
-    """Reads the lane lists' lengths and the DLQ size from Redis when Prometheus scrapes.
+    """Reads every lane's length and the DLQ size from Redis when Prometheus scrapes.
 
-    Cheap: one pipelined round trip (``LLEN`` per lane, ``TYPE`` of the DLQ key), plus one size command for
-    the DLQ whose data type the DLQ module chooses. A Redis error never fails the scrape: it reports
+    The lanes: ``queues`` (the default detector's, ``ALL_QUEUES``), every lane of a detector set live workers
+    advertise (``Keys.SERVING``, :func:`producers.serving.served_lanes`), and the lanes this collector saw
+    advertised before that still hold jobs (a backlog stays visible after the workers serving it went away; a lane
+    is forgotten once it is empty and unadvertised). Not a ``SCAN`` for ``fakesake.*`` lists: it walks the whole
+    keyspace (results, ledger and idempotency keys: millions) in many round trips per scrape, while the adverts
+    are one small sorted set. A lane nobody ever advertised (a ``queue_anyway`` job for a set no worker serves)
+    is not seen here; KEDA's list triggers name lanes themselves (deploy/README.md).
+
+    Cheap and bounded: two pipelined round trips per scrape, (live adverts, ``TYPE`` of the DLQ key) then
+    (``LLEN`` per lane, the DLQ's size command for the data type the DLQ module chose); at most
+    2 * (2**6 - 1) lanes per advertised set. A Redis error never fails the scrape: it reports
     ``fakesake_redis_up 0`` and omits the depth samples.
+
+    Labels of ``fakesake_queue_depth``: ``lane`` (the priority, as before: ``sum by (lane)`` adds the detector
+    sets' lanes up), ``queue`` (the Redis list, what a KEDA trigger's ``listName`` names) and ``detectors`` (the
+    lane's detector set, sorted and comma-separated).
     """
 
     _SIZE_COMMAND = {"list": "llen", "zset": "zcard", "hash": "hlen", "set": "scard", "stream": "xlen"}
 
-    def __init__(self, client: DepthClient, queues: Sequence[str] = ALL_QUEUES, dlq_key: str = Keys.DLQ) -> None:
+    def __init__(
+        self,
+        client: DepthClient,
+        queues: Sequence[str] = ALL_QUEUES,
+        dlq_key: str = Keys.DLQ,
+        served_max_age_s: float = SERVED_MAX_AGE_S,
+    ) -> None:
         self._client = client
-        self._queues = tuple(queues)
+        self._queues = {q: DEFAULT_MODEL if q in ALL_QUEUES else "" for q in queues}
         self._dlq_key = dlq_key
+        self._served_max_age_s = served_max_age_s
+        self._remembered: dict[str, str] = {}  # lanes once advertised that may still hold jobs -> detectors
+        self._lock = threading.Lock()  # scrapes may run concurrently (one thread per request)
 
     def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
         return (
-            GaugeMetricFamily(f"{NAMESPACE}_queue_depth", "Jobs waiting in a lane's Redis list", labels=["lane"]),
+            GaugeMetricFamily(
+                f"{NAMESPACE}_queue_depth",
+                "Jobs waiting in a lane's Redis list, by priority (lane), list name (queue) and detector set",
+                labels=["lane", "queue", "detectors"],
+            ),
             GaugeMetricFamily(f"{NAMESPACE}_dlq_size", "Dead-letter records waiting to be inspected or re-driven"),
             GaugeMetricFamily(f"{NAMESPACE}_redis_up", "1 if Redis answered the last scrape's depth query"),
         )
@@ -103,20 +133,29 @@ class RedisDepthCollector(Collector):
         depth, dlq, up = self._families()
         try:
             pipe = self._client.pipeline(transaction=False)
-            for queue in self._queues:
-                pipe.llen(queue)
+            serving.request_live(pipe, self._served_max_age_s)
             pipe.type(self._dlq_key)
-            *lengths, dlq_type = pipe.execute()
-            dlq_type = text(dlq_type)
-            command = self._SIZE_COMMAND.get(dlq_type)
-            dlq_size = int(getattr(self._client, command)(self._dlq_key)) if command else 0
+            members, dlq_type = pipe.execute()
+            served = serving.served_lanes(serving.Advert.parse(m) for m in members)
+            with self._lock:
+                lanes = {**self._remembered, **served, **self._queues}
+            command = self._SIZE_COMMAND.get(text(dlq_type))
+            pipe = self._client.pipeline(transaction=False)
+            for queue in lanes:
+                pipe.llen(queue)
+            if command:
+                getattr(pipe, command)(self._dlq_key)
+            replies = pipe.execute()
         except Exception as exc:  # any client error: report it as a gauge, never break /metrics
             log.warning("queue depth scrape failed: %s", exc)
             up.add_metric([], 0)
             return [depth, dlq, up]
-        for queue, length in zip(self._queues, lengths, strict=True):
-            depth.add_metric([lane_of(queue)], int(length))
-        dlq.add_metric([], dlq_size)
+        lengths = dict(zip(lanes, (int(n) for n in replies[: len(lanes)]), strict=True))
+        with self._lock:
+            self._remembered = {q: d for q, d in lanes.items() if q in served or (lengths[q] and q not in self._queues)}
+        for queue, detectors in lanes.items():
+            depth.add_metric([lane_of(queue), queue, detectors], lengths[queue])
+        dlq.add_metric([], int(replies[-1]) if command else 0)
         up.add_metric([], 1)
         return [depth, dlq, up]
 
@@ -222,7 +261,8 @@ class Metrics:
     def watch_redis(
         self, client: DepthClient, queues: Sequence[str] = ALL_QUEUES, dlq_key: str = Keys.DLQ
     ) -> RedisDepthCollector:
-        """Export queue depth per lane and DLQ size read from ``client`` at scrape time (once per Metrics)."""
+        """Export queue depth per lane (``queues`` and every served detector set's) and DLQ size read from
+        ``client`` at scrape time (once per Metrics)."""
         with self._lock:
             if self._depth is None:
                 self._depth = RedisDepthCollector(client, queues, dlq_key)

@@ -18,7 +18,7 @@ from worker.service.settings import WorkerSettings
 
 def weights_origin(spec: DetectorSpec, given: str | None = None) -> tuple[str, str | None]:
     """Where ``spec``'s weights come from, and their sha256 when that is a local file (or snapshot folder)."""
-    from worker.service.builder import weights_sha256
+    from worker.service.loading import weights_sha256
 
     source = given or spec.weights
     if source is None:
@@ -33,7 +33,7 @@ def weights_origin(spec: DetectorSpec, given: str | None = None) -> tuple[str, s
 
 def rows(settings: WorkerSettings) -> list[dict[str, Any]]:
     """One row per known detector (JSON-ready)."""
-    from worker.service.builder import catalog, served_names
+    from worker.service.loading import catalog, served_names
 
     cat = catalog(settings)
     served = served_names(settings)

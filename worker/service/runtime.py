@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,11 +34,18 @@ class BoundedPreparer:
 
     def __init__(self, preparer: Preparer, limit: int) -> None:
         self._preparer = preparer
-        self._slots = threading.BoundedSemaphore(limit)
+        # Slots as tokens in a C queue rather than threading.Semaphore (Python code on a Condition): under load
+        # most job threads wait here, and each hand-over then costs no Python-level lock juggling.
+        self._slots: queue.SimpleQueue[None] = queue.SimpleQueue()
+        for _ in range(limit):
+            self._slots.put(None)
 
     def prepare(self, source: str, version: str | None = None, *, tenant: str | None = None) -> Prepared:
-        with self._slots:
+        self._slots.get()
+        try:
             return self._preparer.prepare(source, version, tenant=tenant)
+        finally:
+            self._slots.put(None)
 
 
 class DeferredToucher:
@@ -51,9 +59,12 @@ class DeferredToucher:
     The touch at processing start (``RedisJobCounters.open_deliveries``) stays synchronous.
     """
 
-    def __init__(self, touch: Callable[[list[str]], None], max_batch: int = 256) -> None:
+    def __init__(self, touch: Callable[[list[str]], None], max_batch: int = 256, linger_s: float = 0.0) -> None:
         self._touch = touch
         self._max_batch = max_batch
+        # How long a first id waits for others to share its round trip (a steady trickle of jobs would
+        # otherwise cost one touch each); far below ledger.grace_s, and the arrival's own touch follows anyway.
+        self._linger_s = linger_s
         self._ids: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="fakesake-touch", daemon=True)
 
@@ -77,9 +88,11 @@ class DeferredToucher:
         if first is None:
             return [], True
         ids = [first]
+        deadline = time.monotonic() + self._linger_s
         while len(ids) < self._max_batch:
             try:
-                nxt = self._ids.get_nowait()
+                remaining = deadline - time.monotonic()
+                nxt = self._ids.get(timeout=remaining) if remaining > 0 else self._ids.get_nowait()
             except queue.Empty:
                 break
             if nxt is None:

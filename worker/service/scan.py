@@ -8,6 +8,7 @@ order; the source of a record is the input exactly as given (or the file/key it 
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import os
 import sys
@@ -120,9 +121,14 @@ def run_scan(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     needs_s3 = any(i.startswith("s3://") for i in args.inputs)
     s3_client = make_s3_client(settings.s3) if needs_s3 else None
-    scanner = builder.scanner(settings, s3_client)
-
     sources = expand_inputs(args.inputs, s3_client)
+    many = False
+    if not needs_s3:  # local inputs expand without I/O errors; S3 listing stays after the model load, as it was
+        head = list(itertools.islice(sources, settings.batch.max_size + 1))
+        many = len(head) > settings.batch.max_size  # more than one batch: engine processes will classify it
+        sources = itertools.chain(head, sources)
+    scanner = builder.scanner(settings, s3_client, start_early=many)
+
     failed = total = 0
     out = _open_output(args.output)
     try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import redis
 
 from producers.contract import LUA_NOW, JobResult, Keys
+from worker.core.processing import Arrival
 
 _TTL_S = 7 * 24 * 3600
 
@@ -40,13 +41,29 @@ return tonumber(redis.call('GET', KEYS[1]) or '0')
 )
 
 
-# KEYS: result, deliveries counter, ledger seen zset. ARGV: job id. Touches the job's ledger entry; returns
-# {stored result or false, open delivery count}: a delivery's two first reads in one round trip.
-_ARRIVE_WITH_RESULT_LUA = (
+# KEYS: result, deliveries counter, ledger seen zset, attempts counter. ARGV: job id, ttl_s, max deliveries
+# (0: begin nothing), count an attempt (1|0). Touches the job's ledger entry; returns {stored result or false,
+# open deliveries before this one, this delivery's open count or false, this attempt's number or false}:
+# a delivery's first reads and counts in one round trip. A stored result, or the job's last chance (run only
+# after the isolation gate), begins nothing here.
+_ARRIVE_LUA_WITH_RESULT = (
     LUA_NOW
     + """
 redis.call('ZADD', KEYS[3], 'XX', now, ARGV[1])
-return {redis.call('GET', KEYS[1]), tonumber(redis.call('GET', KEYS[2]) or '0')}
+local result = redis.call('GET', KEYS[1])
+local prior = tonumber(redis.call('GET', KEYS[2]) or '0')
+local max = tonumber(ARGV[3])
+if result or max == 0 or (prior > 0 and prior == max - 1) then
+  return {result, prior, false, false}
+end
+local begun = redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+local attempt = false
+if ARGV[4] == '1' then
+  attempt = redis.call('INCR', KEYS[4])
+  redis.call('EXPIRE', KEYS[4], ARGV[2])
+end
+return {result, prior, begun, attempt}
 """
 )
 
@@ -56,7 +73,7 @@ class RedisJobCounters:
         self._r = client
         self._begin = client.register_script(_BEGIN_DELIVERY_LUA)
         self._arrive = client.register_script(_ARRIVE_LUA)
-        self._arrive_with_result = client.register_script(_ARRIVE_WITH_RESULT_LUA)
+        self._arrive_with_result = client.register_script(_ARRIVE_LUA_WITH_RESULT)
 
     def _incr(self, key: str) -> int:
         pipe = self._r.pipeline()
@@ -75,13 +92,19 @@ class RedisJobCounters:
         """Deliveries begun and not completed; also touches the job's ledger entry (it has arrived here)."""
         return int(self._arrive(keys=[Keys.deliveries(job_id), Keys.LEDGER_SEEN], args=[job_id]))
 
-    def arrive(self, tenant: str, job_id: str) -> tuple[JobResult | None, int]:
+    def arrive(self, tenant: str, job_id: str, *, max_deliveries: int = 0, count_attempt: bool = False) -> Arrival:
         """``processing.Arrivals``: the job's stored result (``Keys.result``) and its open deliveries, touching
-        its ledger entry, in one script."""
-        raw, count = self._arrive_with_result(
-            keys=[Keys.result(tenant, job_id), Keys.deliveries(job_id), Keys.LEDGER_SEEN], args=[job_id]
+        its ledger entry, and (``max_deliveries``) this delivery begun and its attempt counted, in one script."""
+        keys = [Keys.result(tenant, job_id), Keys.deliveries(job_id), Keys.LEDGER_SEEN, Keys.attempts(job_id)]
+        raw, prior, begun, attempt = self._arrive_with_result(
+            keys=keys, args=[job_id, _TTL_S, max_deliveries, int(count_attempt)]
         )
-        return (JobResult.model_validate_json(raw) if raw else None), int(count)
+        return Arrival(
+            JobResult.model_validate_json(raw) if raw else None,
+            int(prior),
+            int(begun) if begun else None,  # Lua false arrives as None
+            int(attempt) if attempt else None,
+        )
 
     def next_attempt(self, job_id: str) -> int:
         return self._incr(Keys.attempts(job_id))
