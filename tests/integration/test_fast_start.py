@@ -136,3 +136,17 @@ def test_the_console_scan_exits_at_once_with_every_record_flushed(rig: dict[str,
     assert [r["source"] for r in records] == [*rig["images"], missing]
     assert records[-1]["status"] == "error" and all(r["status"] == "ok" for r in records[:-1])
     assert done.returncode == 3, done.stderr  # some inputs failed
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(rig: dict[str, Any]) -> None:
+    # `fakesake scan folder | head -1`: the scan stops at the closed pipe, quietly (exit 1, no traceback).
+    env = {**rig["env"], "FAKESAKE_BATCH__PROCESSES": "1"}
+    cmd = [sys.executable, "-m", "worker.service.cli", "scan", "--no-progress", *rig["images"]]
+    with subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        first = json.loads(proc.stdout.readline())
+        proc.stdout.close()  # the reader goes away after one record
+        err = proc.stderr.read().decode()
+        code = proc.wait(timeout=280)
+    assert first["source"] == rig["images"][0]
+    assert code == 1 and "Traceback" not in err and "BrokenPipe" not in err, err

@@ -305,12 +305,20 @@ def _main(argv: list[str]) -> int:
 # and threads stopped): they skip the interpreter's teardown, module by module with numpy and onnxruntime loaded,
 # which took 0.26-0.30 s after a scan with engine processes here (os._exit: 0.02-0.04 s).
 QUICK_EXIT_COMMANDS = frozenset({"scan"})
+EXIT_BROKEN_PIPE = 1  # its reader closed the output early
 
 
 def entry() -> NoReturn:
     """The ``fakesake`` console script: :func:`main`, then exit (at once after :data:`QUICK_EXIT_COMMANDS`)."""
     argv = sys.argv[1:]
-    code = main(argv)
+    try:
+        code = main(argv)
+    except BrokenPipeError:
+        # The reader went away (`fakesake scan ... | head`): what it wanted has reached it; no traceback. Point
+        # stdout at /dev/null so the interpreter's own final flush cannot fail again (Python's documented recipe).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        code = EXIT_BROKEN_PIPE
     if argv[:1] and argv[0] in QUICK_EXIT_COMMANDS:
         logging.shutdown()
         for stream in (sys.stdout, sys.stderr):
