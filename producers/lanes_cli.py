@@ -58,12 +58,13 @@ def run_lanes(args: argparse.Namespace, stream: IO[str] = sys.stdout) -> int:
         from producers.settings import ProducerSettings
 
         model = ProducerSettings().default_model
-    names = detector_set(model)
-    if not all(names) or (args.worker and not 1 <= len(set(names)) <= MAX_SERVED_DETECTORS):
-        limit = f" (1 to {MAX_SERVED_DETECTORS} with --worker)" if args.worker else ""
-        print(f"fakesake lanes: --model takes comma-separated detector names{limit}, got {model!r}", file=sys.stderr)
+    try:
+        if not all(detector_set(model)):
+            raise ValueError("an empty detector name")
+        rows = lanes(model, worker=args.worker, priority=args.priority)  # the serving limit: served_subsets
+    except ValueError as exc:
+        print(f"fakesake lanes: --model takes comma-separated detector names ({exc}), got {model!r}", file=sys.stderr)
         return EXIT_USAGE
-    rows = lanes(model, worker=args.worker, priority=args.priority)
     if args.format == "json":
         stream.write(json.dumps(rows, indent=2) + "\n")
     else:

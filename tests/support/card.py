@@ -20,7 +20,7 @@ from timm.data.transforms_factory import create_transform
 from torch import nn
 from torchvision import transforms
 
-from worker.core.registry import DetectorSpec
+from worker.core.registry import DetectorSpec, Preprocessing
 
 
 class CardDetector(nn.Module):
@@ -69,3 +69,19 @@ class CardPipeline:
     def score_files(self, paths: list[str]) -> list[float]:
         """P(AI) per file, one image at a time, exactly the card's usage (no mode conversion): the baseline."""
         return [float(self(Image.open(p))[0]["score"]) for p in paths]
+
+
+def reference_transform(pre: Preprocessing) -> transforms.Compose:
+    """torchvision's own ``Resize((s, s))`` -> ``ToTensor`` -> ``Normalize`` with the spec's interpolation: what
+    our preprocessing must equal bit for bit (tests/unit/test_preprocess.py, test_pixels.py)."""
+    mode = {
+        "bilinear": transforms.InterpolationMode.BILINEAR,
+        "bicubic": transforms.InterpolationMode.BICUBIC,
+    }
+    return transforms.Compose(
+        [
+            transforms.Resize((pre.size_px, pre.size_px), interpolation=mode[pre.interpolation]),
+            transforms.ToTensor(),
+            transforms.Normalize(pre.mean, pre.std),
+        ]
+    )

@@ -48,7 +48,12 @@ def test_worker_lists_every_lane_a_worker_serving_the_set_consumes() -> None:
 def test_worker_refuses_more_detectors_than_a_worker_serves(capsys: pytest.CaptureFixture[str]) -> None:
     names = ",".join(f"d{i}" for i in range(MAX_SERVED_DETECTORS + 1))
     assert _run("--model", names, "--worker")[0] == 2
-    assert "1 to 6 with --worker" in capsys.readouterr().err
+    assert "a worker serves 1 to 6 detectors, not 7" in capsys.readouterr().err
+
+
+def test_an_empty_detector_name_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run("--model", "a,,b")[0] == 2
+    assert "an empty detector name" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("names", [["a"], ["b", "a"], ["a", "b", "c", "d"], [f"d{i}" for i in range(6)]])

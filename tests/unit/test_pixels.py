@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from producers.errors import PermanentError
+from tests.support.card import reference_transform
 from tests.support.images import corpus, encode, photo, truncated
-from tests.unit.test_preprocess import _reference
 from worker.core import registry
 from worker.inference import pixels, preprocess
 from worker.inference.imaging import DecodePolicy
@@ -21,7 +21,7 @@ def test_same_values_as_the_torch_path(name: str, width: int, height: int) -> No
     pre = registry.get(name).preprocessing
     img = photo(width, height, width + height)
     got = pixels.to_array(img, pre)
-    expected = _reference(pre)(img).numpy()  # torchvision's own Compose, not our torch path (which shares ours)
+    expected = reference_transform(pre)(img).numpy()  # torchvision, not our torch path (which shares ours)
     assert got.dtype == np.float32 and got.shape == expected.shape == (3, pre.size_px, pre.size_px)
     assert np.array_equal(got, expected)  # bit for bit: the lookup repeats the reference's float32 steps
     assert float(np.abs(expected).max()) > 1.0  # normalised, not trivially zero
@@ -48,7 +48,7 @@ def test_every_8bit_level_normalises_bit_for_bit(name: str) -> None:
     img = Image.fromarray(rng.permutation(levels).reshape(side, side, 3), "RGB")
     for c in range(3):
         assert len(np.unique(np.asarray(img)[:, :, c])) == 256
-    assert np.array_equal(pixels.to_array(img, pre), _reference(pre)(img).numpy())
+    assert np.array_equal(pixels.to_array(img, pre), reference_transform(pre)(img).numpy())
 
 
 def test_bad_input_gets_the_same_code() -> None:

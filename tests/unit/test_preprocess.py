@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from PIL import Image
-from torchvision import transforms
 
+from tests.support.card import reference_transform
 from tests.support.images import photo
 from worker.core import registry
 from worker.core.registry import Preprocessing
@@ -16,25 +16,11 @@ IMAGES = {"landscape": photo(333, 200, 1), "portrait": photo(90, 260, 2), "tiny"
 SPECS = ["ffs-mj-5m", "ffs-mj-200m", "ffs-v2"]
 
 
-def _reference(pre: Preprocessing) -> transforms.Compose:
-    mode = {
-        "bilinear": transforms.InterpolationMode.BILINEAR,
-        "bicubic": transforms.InterpolationMode.BICUBIC,
-    }
-    return transforms.Compose(
-        [
-            transforms.Resize((pre.size_px, pre.size_px), interpolation=mode[pre.interpolation]),
-            transforms.ToTensor(),
-            transforms.Normalize(pre.mean, pre.std),
-        ]
-    )
-
-
 @pytest.mark.parametrize("name", SPECS)
 @pytest.mark.parametrize("image", list(IMAGES))
 def test_matches_torchvision_compose(name: str, image: str) -> None:
     pre = registry.get(name).preprocessing
-    ours, ref = to_tensor(IMAGES[image], pre), _reference(pre)(IMAGES[image])
+    ours, ref = to_tensor(IMAGES[image], pre), reference_transform(pre)(IMAGES[image])
     assert ours.shape == (3, pre.size_px, pre.size_px) and ours.dtype == torch.float32
     assert torch.equal(ours, ref)  # bit for bit
 

@@ -200,9 +200,8 @@ class JobProcessor:
         return checks
 
     def _limit(self, job: JobMessage, reserved: frozenset[str]) -> RetryLater | None:
-        if self.limiter is None:
-            return None
-        for scope, name, rate, burst in self._limit_checks(job, reserved):
+        for scope, name, rate, burst in self._limit_checks(job, reserved):  # none without a limiter
+            assert self.limiter is not None
             wait_s, held = self.limiter.reserve(scope, name, rate, burst, self.rate.max_defer_s)
             if wait_s > 0:
                 err = TransientError(ErrorCode.RATE_LIMITED, f"{scope} rate limit reached", retry_after_s=wait_s)
