@@ -1,14 +1,16 @@
 """Section ``fleet``: the queue machinery's own limit per process, and several worker processes per host.
 
-Three consumers of the same lanes, each on its own database of ONE redis-server, measured in interleaved passes
-(each idles in BRPOP while another runs):
+Consumers of the same lanes, each on its own database of ONE redis-server, measured in interleaved passes (each
+idles in BRPOP while another runs):
 
 - ``noop``: a no-op Celery task on fakesake's own Celery configuration (``bench/noop_worker.py``), the same pool
-  and concurrency as ``fakesake worker``: what Celery + kombu + Redis allow one process;
-- ``stub x1``: the real ``fakesake worker`` with a stub classifier (``bench/stub_worker.py``) on small JPEGs:
-  every per-job step but the model (fetch, decode, the CPU worker's numpy preprocessing to the model's 224^2
-  input, batching, counters, ledger, result store);
-- ``stub x2``: the same under ``--processes 2`` (one supervisor, one metrics scrape).
+  and concurrency as ``fakesake worker``: what Celery + kombu + Redis allow one process; ``noop2``: two of them,
+  what this machine gives a second process at all;
+- ``x1``: the real ``fakesake worker`` with a stub classifier (``bench/stub_worker.py``) on small JPEGs, taking
+  jobs through Celery's consumer (the default): every per-job step but the model (fetch, decode, the CPU
+  worker's numpy preprocessing to the model's 224^2 input, batching, counters, ledger, result store);
+- ``b1``: the same with the bulk intake (``batch.intake=bulk``, ``worker/service/intake.py``); ``b2``: that under
+  ``--processes 2`` (one supervisor, one metrics scrape).
 
 Jobs/s run from the first enqueue to the last result stored (the no-op: to the lanes and kombu's unacked hash
 empty). Redis commands per job come from ``INFO commandstats`` around one pass of each consumer.
@@ -23,6 +25,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import redis
@@ -70,13 +73,18 @@ def base_env(redis_url: str, workdir: Path, name: str) -> dict[str, str]:
 
 
 class Consumer:
-    """One consumer process (tree) on its own Redis database; ``rate`` runs one pass of ``n`` jobs."""
+    """Consumer processes (one per command, each maybe a process tree) on their own Redis database; ``rate`` runs
+    one pass of ``n`` jobs."""
 
-    def __init__(self, name: str, cmd: list[str], env: dict[str, str], redis_url: str, log_dir: Path) -> None:
+    def __init__(self, name: str, cmds: list[list[str]], env: dict[str, str], redis_url: str, log_dir: Path) -> None:
         self.name, self.env, self.redis_url = name, env, redis_url
+        self.stores = not name.startswith("noop")  # a no-op task stores no result: its pass ends when the lanes drain
         self.log_path = log_dir / f"fleet-{name}.log"
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            self.procs = [
+                subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT) for cmd in cmds
+            ]
+        self.proc = self.procs[0]
         self.client = redis.Redis.from_url(redis_url)
         self.producer = Producer(
             ProducerSettings(redis=RedisSettings(url=redis_url), queue=QueueSettings(max_depth=10_000_000), tenant="b")
@@ -88,7 +96,7 @@ class Consumer:
         deadline = time.monotonic() + timeout_s
         for port in ports:
             while not _ok(f"http://127.0.0.1:{port}/readyz"):
-                if self.proc.poll() is not None or time.monotonic() > deadline:
+                if any(p.poll() is not None for p in self.procs) or time.monotonic() > deadline:
                     raise RuntimeError(f"{self.name} not ready: {self.log_path.read_text()[-2000:]}")
                 time.sleep(0.2)
 
@@ -134,13 +142,15 @@ class Consumer:
 
     def stop(self) -> None:
         self.producer.close()
-        if self.proc.poll() is None:
-            self.proc.terminate()
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
             try:
-                self.proc.wait(timeout=60)
+                proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                proc.kill()
+                proc.wait()
 
 
 def _ok(url: str) -> bool:
@@ -179,23 +189,36 @@ def rss_of(pid: int) -> float:
 
 @contextlib.contextmanager
 def consumers(ctx: Context, redis_url: str, concurrency: int) -> Iterator[dict[str, Consumer]]:
+    """``noop`` / ``noop2``: one / two no-op Celery workers; ``x1``: the stub worker with Celery's intake (the
+    default); ``b1`` / ``b2``: with the bulk intake, one process / ``--processes 2``. Each on a database of its own."""
     base = redis_url.rsplit("/", 1)[0]
     py = sys.executable
     lanes = ",".join(ALL_QUEUES)
     made: dict[str, Consumer] = {}
+
+    def noop_cmd(tag: str) -> list[str]:
+        cmd = [py, "-m", "celery", "-A", "bench.noop_worker", "worker", "-Q", lanes, "--pool=threads"]
+        return [*cmd, f"--concurrency={concurrency}", "--loglevel=WARNING", "-n", f"{tag}{os.getpid()}@%h"]
+
     try:
-        env = base_env(f"{base}/1", ctx.workdir, "noop")
-        noop_cmd = [py, "-m", "celery", "-A", "bench.noop_worker", "worker", "-Q", lanes, "--pool=threads"]
-        noop_cmd += [f"--concurrency={concurrency}", "--loglevel=WARNING", "-n", f"noop{os.getpid()}@%h"]
-        made["noop"] = Consumer("noop", noop_cmd, env, f"{base}/1", ctx.workdir)
-        for name, db, extra in (("x1", 2, ["-n", f"stub{os.getpid()}@%h"]), ("x2", 3, ["--processes", "2"])):
+        for db, (name, copies) in enumerate((("noop", 1), ("noop2", 2)), start=1):
             env = base_env(f"{base}/{db}", ctx.workdir, name)
             made[name] = Consumer(
-                name, [py, "-m", "bench.stub_worker", "worker", *extra], env, f"{base}/{db}", ctx.workdir
+                name, [noop_cmd(f"{name}c{i}") for i in range(copies)], env, f"{base}/{db}", ctx.workdir
             )
-        made["x1"].wait_health([int(made["x1"].env["FAKESAKE_METRICS__HEALTH_PORT"])])
-        x2_health = int(made["x2"].env["FAKESAKE_METRICS__HEALTH_PORT"])
-        made["x2"].wait_health([x2_health, x2_health + 10])
+        stubs = (
+            ("x1", 3, "celery", ["-n", f"stub{os.getpid()}@%h"]),
+            ("b1", 5, "bulk", ["-n", f"bulk{os.getpid()}@%h"]),
+            ("b2", 6, "bulk", ["--processes", "2"]),
+        )
+        for name, db, intake, extra in stubs:
+            env = base_env(f"{base}/{db}", ctx.workdir, name) | {"FAKESAKE_BATCH__INTAKE": intake}
+            cmd = [py, "-m", "bench.stub_worker", "worker", *extra]
+            made[name] = Consumer(name, [cmd], env, f"{base}/{db}", ctx.workdir)
+        for name in ("x1", "b1"):
+            made[name].wait_health([int(made[name].env["FAKESAKE_METRICS__HEALTH_PORT"])])
+        b2_health = int(made["b2"].env["FAKESAKE_METRICS__HEALTH_PORT"])
+        made["b2"].wait_health([b2_health, b2_health + 10])
         yield made
     finally:
         for c in made.values():
@@ -203,102 +226,128 @@ def consumers(ctx: Context, redis_url: str, concurrency: int) -> Iterator[dict[s
 
 
 def run(ctx: Context) -> list[Row]:
-    from worker.service.celery_app import worker_argv
-    from worker.service.settings import WorkerSettings
+    from worker.service.settings import WorkerSettings, job_threads
 
-    settings = WorkerSettings.model_validate({})
-    concurrency = next(int(a.split("=")[1]) for a in worker_argv(settings, []) if a.startswith("--concurrency"))
+    concurrency = job_threads(WorkerSettings.model_validate({}))
     uris = small_images(ctx.workdir)
     n = ctx.n(2000, 600)
     with redis_server() as server, consumers(ctx, server.url, concurrency) as made:
-        noop, x1, x2 = made["noop"], made["x1"], made["x2"]
-        time.sleep(2.0)  # the no-op worker's start (no readiness endpoint of its own)
-        for c, stores in ((noop, False), (x1, True), (x2, True)):
-            c.rate(uris, ctx.n(200, 200, smoke=4), stores)  # warm-up: threads, connections, scripts loaded
+        noop, x1, b1 = made["noop"], made["x1"], made["b1"]
+        time.sleep(2.0)  # the no-op workers' start (no readiness endpoint of their own)
+        for name, c in made.items():
+            c.rate(
+                uris, ctx.n(200, 200, smoke=4), not name.startswith("noop")
+            )  # warm-up: threads, connections, scripts
         admin = redis.Redis.from_url(server.url)
         enqueue = producer_commands(admin, server.url.rsplit("/", 1)[0] + "/4", uris, n)
         counts = {
             "noop": per_job(admin, noop, n, False, uris, enqueue),
             "x1": per_job(admin, x1, n, True, uris, enqueue),
+            "b1": per_job(admin, b1, n, True, uris, enqueue),
         }
         n_rtt = ctx.n(400, 200)  # MONITOR slows Redis down: a short pass of its own, not a timed one
         trips = {
             "noop": worker_round_trips(server.url, noop, uris, n_rtt, False),
             "x1": worker_round_trips(server.url, x1, uris, n_rtt, True),
+            "b1": worker_round_trips(server.url, b1, uris, n_rtt, True),
         }
-        cpu_before = {"noop": cpu_s(noop.proc.pid), "x1": cpu_s(x1.proc.pid)}
+        single = {"noop": noop, "x1": x1, "b1": b1}
+        cpu_before = {k: cpu_s(c.proc.pid) for k, c in single.items()}
         rates = interleaved(
-            {
-                "noop": lambda: noop.rate(uris, n, False),
-                "x1": lambda: x1.rate(uris, n, True),
-                "x2": lambda: x2.rate(uris, n, True),
-            },
+            {name: partial(c.rate, uris, n, c.stores) for name, c in made.items()},
             ctx.passes,
         )
         # CPU per job does not depend on how busy the machine is; the others idle in BRPOP meanwhile.
-        cpu_ms = {
-            k: (cpu_s(c.proc.pid) - cpu_before[k]) * 1000 / (n * ctx.passes) for k, c in (("noop", noop), ("x1", x1))
-        }
-        sup_metrics = scrape(int(x2.env["FAKESAKE_METRICS__PORT"]))
+        cpu_ms = {k: (cpu_s(c.proc.pid) - cpu_before[k]) * 1000 / (n * ctx.passes) for k, c in single.items()}
+        sup_metrics = scrape(int(made["b2"].env["FAKESAKE_METRICS__PORT"]))
         rss_children = rss_of_children(sup_metrics)
-        rss_x1 = rss_of(x1.proc.pid)
-    per_process = ratio_of(rates, "x1", "noop")
-    two = ratio_of(rates, "x2", "x1")
-    table, noop_table = describe(counts["x1"]), describe(counts["noop"])
+        rss = {k: rss_of(single[k].proc.pid) for k in ("x1", "b1")}
+    per_process = ratio_of(rates, "b1", "noop")
+    two = ratio_of(rates, "b2", "b1")
+    jobs = f"{n} jpeg-{IMAGE_PX} jobs, submit -> stored"
     return [
         Row("fleet", f"no-op Celery task, 1 process, {n} jobs", median(rates["noop"]), "jobs/s"),
         Row(
             "fleet",
-            f"worker + stub classifier, 1 process, {n} jpeg-{IMAGE_PX} jobs, submit -> stored",
+            "no-op Celery task, 2 processes (the machine's own scaling)",
+            median(rates["noop2"]),
+            "jobs/s",
+            median(rates["noop"]),
+            "1 process",
+            ratio_of(rates, "noop2", "noop"),
+            note="two no-op workers share 2 cores with redis-server and the bench's producer",
+        ),
+        Row(
+            "fleet",
+            f"worker + stub classifier, Celery intake (default), 1 process, {jobs}",
             median(rates["x1"]),
+            "jobs/s",
+            median(rates["noop"]),
+            "no-op Celery task",
+            ratio_of(rates, "x1", "noop"),
+        ),
+        Row(
+            "fleet",
+            f"worker + stub classifier, bulk intake, 1 process, {jobs}",
+            median(rates["b1"]),
             "jobs/s",
             median(rates["noop"]),
             "no-op Celery task",
             per_process,
             f">= {TARGET_PER_PROCESS:.0%}",
             per_process >= TARGET_PER_PROCESS,
+            note="batch.intake=bulk: many jobs per round trip into kombu's unacked records (worker/service/intake.py)",
         ),
         Row(
             "fleet",
-            "worker + stub classifier, --processes 2",
-            median(rates["x2"]),
+            "worker + stub classifier, bulk intake, --processes 2",
+            median(rates["b2"]),
             "jobs/s",
-            median(rates["x1"]),
+            median(rates["b1"]),
             "1 process",
             two,
             f">= {TARGET_TWO}x",
             two >= TARGET_TWO,
         ),
-        Row(
-            "fleet",
-            "CPU per job, worker + stub, 1 process (all passes)",
-            cpu_ms["x1"],
-            "ms/job",
-            cpu_ms["noop"],
-            "no-op Celery task",
-            cpu_ms["x1"] / cpu_ms["noop"] if cpu_ms["noop"] else None,  # a few jobs can cost 0 clock ticks
-            note="user + system time of the consumer process over the timed passes, /proc/PID/stat",
+        *(
+            Row(
+                "fleet",
+                f"CPU per job, worker + stub, {label}, 1 process (all passes)",
+                cpu_ms[key],
+                "ms/job",
+                cpu_ms["noop"],
+                "no-op Celery task",
+                cpu_ms[key] / cpu_ms["noop"] if cpu_ms["noop"] else None,  # a few jobs can cost 0 clock ticks
+                note="user + system time of the consumer process over the timed passes, /proc/PID/stat",
+            )
+            for key, label in (("x1", "Celery intake"), ("b1", "bulk intake"))
         ),
-        Row(
-            "fleet",
-            "Redis commands per job, worker + stub",
-            sum(counts["x1"].values()),
-            "cmd/job",
-            sum(counts["noop"].values()),
-            "no-op Celery task",
-            sum(counts["x1"].values()) / max(sum(counts["noop"].values()), 1e-9),
-            note=f"worker: {table}; no-op: {noop_table}",
+        *(
+            Row(
+                "fleet",
+                f"Redis commands per job, worker + stub, {label}",
+                sum(counts[key].values()),
+                "cmd/job",
+                sum(counts["noop"].values()),
+                "no-op Celery task",
+                sum(counts[key].values()) / max(sum(counts["noop"].values()), 1e-9),
+                note=f"worker: {describe(counts[key])}; no-op: {describe(counts['noop'])}",
+            )
+            for key, label in (("x1", "Celery intake"), ("b1", "bulk intake"))
         ),
-        Row(
-            "fleet",
-            "Redis round trips per job, worker + stub",
-            sum(trips["x1"].values()),
-            "trips/job",
-            sum(trips["noop"].values()),
-            "no-op Celery task",
-            note="worker: " + describe(trips["x1"]) + "; no-op: " + describe(trips["noop"]),
+        *(
+            Row(
+                "fleet",
+                f"Redis round trips per job, worker + stub, {label}",
+                sum(trips[key].values()),
+                "trips/job",
+                sum(trips["noop"].values()),
+                "no-op Celery task",
+                note="worker: " + describe(trips[key]) + "; no-op: " + describe(trips["noop"]),
+            )
+            for key, label in (("x1", "Celery intake"), ("b1", "bulk intake"))
         ),
-        Row("fleet", "resident memory, 1 stub worker process", rss_x1 / 2**20, "MiB"),
+        Row("fleet", "resident memory, 1 stub worker process (bulk intake)", rss["b1"] / 2**20, "MiB"),
         Row(
             "fleet",
             "resident memory per child, --processes 2 (supervisor's scrape)",

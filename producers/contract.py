@@ -108,6 +108,18 @@ def served_subsets(detectors: Iterable[str]) -> list[list[str]]:
     ]
 
 
+#: Suffix of a lane's side lane (:func:`side_lane`).
+SIDE_SUFFIX: Final = ".side"
+
+
+def side_lane(lane: str) -> str:
+    """The side lane of ``lane``: where workers queue their own follow-ups of its jobs (a retry after a rate-limit
+    deferral, with its countdown; a webhook delivery). Producers never push there, so a lane only ever holds
+    new jobs that can run now, which a bulk intake takes many at a time (``worker.service.intake``); every
+    worker's Celery consumer takes its side lanes first, so started work finishes before new work begins."""
+    return lane if lane.endswith(SIDE_SUFFIX) else lane + SIDE_SUFFIX
+
+
 def lanes_for(detectors: Iterable[str]) -> tuple[str, ...]:
     """The lanes of a worker serving ``detectors``: each priority's lane of every non-empty subset of them (the
     jobs it can answer), interactive ones first (kombu's Redis transport polls them in this order)."""

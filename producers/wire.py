@@ -42,6 +42,7 @@ from producers.contract import (
     Priority,
     detector_set,
     queue_name,
+    side_lane,
 )
 from producers.redaction import redact_url
 
@@ -180,11 +181,11 @@ def message_from_ledger(job_id: str, stored: str | bytes) -> tuple[str, str, byt
 def encode_webhook_message(
     result: JobResult, url: str, task_id: str, priority: Priority | str = Priority.INTERACTIVE
 ) -> tuple[str, bytes]:
-    """Lane and queued message of ``WEBHOOK_TASK_NAME(result, url)``: what the worker's
+    """Side lane and queued message of ``WEBHOOK_TASK_NAME(result, url)``: what the worker's
     ``deliver_webhook.apply_async`` sends after a job finishes, built like :func:`build_message` (its task id
     is ``task_id``, not the job id: a job's webhook may be sent more than once). ``argsrepr`` shows the URL
     redacted: a callback's query often carries the receiver's token."""
-    lane = queue_key(priority)
+    lane = side_lane(queue_key(priority))  # a follow-up, like the worker's own (producers.contract.side_lane)
     args = f"{_dumps(result.model_dump(mode='json'))},{_dumps(url)}"
     message = _envelope(task_id, url, lane, args, task=WEBHOOK_TASK_NAME)
     return lane, _dumps(message).encode(CONTENT_ENCODING)

@@ -20,10 +20,12 @@ def fault_images() -> list[bytes]:
 
 
 @pytest.fixture()
-def rig(checkpoint: Path, fault_images: list[bytes]) -> Iterator[Rig]:
-    """Own redis-server with AOF (``appendfsync always``, as deployed), an HTTP image server, no workers yet."""
+def rig(request: pytest.FixtureRequest, checkpoint: Path, fault_images: list[bytes]) -> Iterator[Rig]:
+    """Own redis-server with AOF (``appendfsync always``, as deployed), an HTTP image server, no workers yet;
+    workers take jobs through Celery's consumer unless the test is marked ``rig.BOTH_INTAKES``."""
     with redis_server(appendonly=True) as server, http_server() as http:
-        rig = Rig(redis=server, http=http, weights=checkpoint, images=fault_images)
+        intake = getattr(request, "param", "celery")
+        rig = Rig(redis=server, http=http, weights=checkpoint, images=fault_images, intake=intake)
         try:
             yield rig
         finally:

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 import redis as redis_py
 
 from producers.client import Producer
@@ -46,6 +47,11 @@ BASE_ENV = {
 }
 
 
+#: For scenarios that must hold for both ways a worker takes jobs (``batch.intake``): ``@BOTH_INTAKES`` on the test
+#: runs it once per intake, with the ``rig`` fixture's workers set to it.
+BOTH_INTAKES = pytest.mark.parametrize("rig", ["celery", "bulk"], indirect=True)
+
+
 @dataclass
 class Rig:
     redis: RedisServer
@@ -57,7 +63,13 @@ class Rig:
     workers: dict[str, WorkerProcess] = field(default_factory=dict)
     #: With a Sentinel group every process reaches Redis through it (``redis`` is then its first primary).
     sentinel: SentinelGroup | None = None
+    #: How the workers take their jobs (``batch.intake``): scenarios that run with both say so in their name.
+    intake: str = "celery"
     _client: redis_py.Redis | None = None
+
+    def scenario(self, name: str) -> str:
+        """The figures' name of scenario ``name`` under this rig's intake (the Celery intake keeps the plain name)."""
+        return name if self.intake == "celery" else f"{name} ({self.intake} intake)"
 
     def redis_settings(self, **extra: object) -> RedisSettings:
         """How the rig's processes reach Redis: the one server, or the Sentinel group's primary."""
@@ -81,7 +93,7 @@ class Rig:
             self.weights,
             s3_endpoint=self.s3_endpoint,
             http_ports=(self.http.port, *self.extra_ports),
-            extra={**BASE_ENV, **extra},
+            extra={**BASE_ENV, "FAKESAKE_BATCH__INTAKE": self.intake, **extra},
         )
 
     def start_worker(

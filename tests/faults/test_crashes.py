@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler
 from producers.contract import Keys
 from tests.faults.invariants import Figures, ResultRecorder, check
 from tests.faults.procs import owner_of_peer
-from tests.faults.rig import Feeder, Rig, Supervisor
+from tests.faults.rig import BOTH_INTAKES, Feeder, Rig, Supervisor
 from tests.support.servers import Route
 
 
@@ -30,6 +30,7 @@ def wait_in_flight(rig: Rig, rec: ResultRecorder, timeout_s: float = 10.0) -> se
     return in_flight
 
 
+@BOTH_INTAKES
 def test_kill_9_mid_batch_repeatedly(rig: Rig) -> None:
     """Three SIGKILLs of alternating workers while jobs flow; each killed worker is restarted."""
     kills = 3
@@ -55,7 +56,7 @@ def test_kill_9_mid_batch_repeatedly(rig: Rig) -> None:
         rig.settle(rec, 90)
         times = [rec.last_result_at(ids) - t for t, ids in recoveries]
         figures = Figures(
-            scenario="kill-9",
+            scenario=rig.scenario("kill-9"),
             jobs=len(accepted),
             faults={"sigkill": kills},
             recover_s=round(max(times), 2),
@@ -100,6 +101,7 @@ def poison_route(rig: Rig, worker_names: list[str]) -> tuple[Route, list[int]]:
     return Route(handler=handler), deaths
 
 
+@BOTH_INTAKES
 def test_poison_job_is_dead_lettered(rig: Rig) -> None:
     """A job that kills its worker on every delivery is dead-lettered after max_deliveries; others finish."""
     max_deliveries = 3
@@ -119,7 +121,7 @@ def test_poison_job_is_dead_lettered(rig: Rig) -> None:
         rig.settle(rec, 120)
         time.sleep(1.0)  # a further delivery of the dead-lettered job would show up as another death
         figures = Figures(
-            scenario="poison",
+            scenario=rig.scenario("poison"),
             jobs=len(accepted),
             faults={"worker deaths caused by the poison job": len(deaths)},
             recover_s=round(rec.first_at[poison_id] - t0 - 1.0, 2),
@@ -139,6 +141,7 @@ def test_poison_job_is_dead_lettered(rig: Rig) -> None:
     assert rig.http.hits["/poison.jpg"] == max_deliveries
 
 
+@BOTH_INTAKES
 def test_sigterm_mid_batch(rig: Rig) -> None:
     """Warm shutdown with jobs in flight: they finish or go back to the queue at once (no visibility wait)."""
     worker = rig.start_worker("w1", concurrency=8)
@@ -165,7 +168,7 @@ def test_sigterm_mid_batch(rig: Rig) -> None:
         rig.start_worker("w2", concurrency=8)
         assert rec.wait_all(60), rig.diagnose(rec.pending())
         figures = Figures(
-            scenario="sigterm",
+            scenario=rig.scenario("sigterm"),
             jobs=len(accepted),
             faults={"sigterm": 1},
             recover_s=round(rec.last_result_at() - t_restart, 2),

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from producers.contract import JobResult
 from producers.errors import TransientError
 from tests.faults.invariants import Figures, check, untraced
-from tests.faults.rig import Rig
+from tests.faults.rig import BOTH_INTAKES, Rig
 from tests.support.faultproxy import fault_proxy
 from tests.support.servers import S3Server
 
@@ -42,6 +42,7 @@ def submit_resilient(
 # while Celery closed the dead connection, Celery called it an "Unrecoverable error" and the workers stopped
 # consuming for good (lane and unacked hash kept their jobs). The check on each worker's consumer loop below
 # is what would catch that again; tests/integration/test_broker_transport.py reproduces the defect itself.
+@BOTH_INTAKES
 def test_redis_restart_with_aof(rig: Rig) -> None:
     """Redis is SIGKILLed mid-run and restarted from its AOF: workers and producers reconnect, nothing lost."""
     rig.start_workers(["w1", "w2"])
@@ -73,7 +74,7 @@ def test_redis_restart_with_aof(rig: Rig) -> None:
             time.sleep(0.2)
         ready = ready_at is not None
         figures = Figures(
-            scenario="redis-restart-aof",
+            scenario=rig.scenario("redis-restart-aof"),
             jobs=len(accepted),
             faults={"redis SIGKILL + restart": 1, "producer calls refused during the outage": refusals},
             recover_s=round(rec.first_result_after(outage["up"]) - outage["up"], 2),
@@ -89,8 +90,15 @@ def test_redis_restart_with_aof(rig: Rig) -> None:
         )
         check(rec, rig.client, accepted, figures)
         assert ready
-        for name, worker in rig.workers.items():  # every consumer loop runs again, not just one of them
-            tick = worker.health().get("consumer_tick_at")
+        # Every consumer loop runs again, not just one of them: each ticks (every heartbeat interval, and at once
+        # when it reconnects, which can be within the same millisecond as the restart) after Redis is back.
+        for name, worker in rig.workers.items():
+            deadline, tick = time.monotonic() + 15, None
+            while time.monotonic() < deadline:
+                tick = worker.health().get("consumer_tick_at")
+                if tick is not None and tick > outage["up_wall"]:
+                    break
+                time.sleep(0.2)
             assert tick is not None and tick > outage["up_wall"], f"{name}: consumer loop stopped at {tick}"
 
 
@@ -116,6 +124,7 @@ def test_redis_restart_without_persistence_loses_queued_jobs(rig: Rig) -> None:
     assert len(gone) == len(accepted) and rig.client.dbsize() == 0
 
 
+@BOTH_INTAKES
 def test_result_store_unavailable_while_finishing(rig: Rig) -> None:
     """Writes stall (CLIENT PAUSE WRITE) longer than the workers' Redis timeout while batches finish:
     the jobs whose results could not be stored are not acked; they come back and finish."""
@@ -135,7 +144,7 @@ def test_result_store_unavailable_while_finishing(rig: Rig) -> None:
         assert rec.wait_all(90), rig.diagnose(rec.pending())
         requeued = rig.log_count("returning it to the queue")
         figures = Figures(
-            scenario="result-store-unavailable",
+            scenario=rig.scenario("result-store-unavailable"),
             jobs=len(accepted),
             faults={"3 s write pauses": pauses, "result/counter writes that failed (job requeued)": requeued},
             recover_s=round(rec.first_result_after(t_pause + 3.0) - (t_pause + 3.0), 2),

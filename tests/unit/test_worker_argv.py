@@ -12,8 +12,27 @@ from worker.service.settings import WorkerSettings
 def test_defaults_consume_both_lanes_on_a_threads_pool_sized_for_batching() -> None:
     argv = worker_argv(WorkerSettings(), [])
     assert argv[0] == "worker" and "--events" not in argv
-    assert "--queues" in argv and argv[argv.index("--queues") + 1] == "fakesake.interactive,fakesake.bulk"
+    lanes = "fakesake.interactive.side,fakesake.interactive,fakesake.bulk.side,fakesake.bulk"  # follow-ups first
+    assert "--queues" in argv and argv[argv.index("--queues") + 1] == lanes
     assert "--pool=threads" in argv and "--concurrency=36" in argv
+
+
+def test_a_bulk_intake_leaves_celery_the_side_lanes() -> None:
+    settings = WorkerSettings.model_validate({"batch": {"intake": "bulk"}})
+    argv = worker_argv(settings, [])
+    assert argv[argv.index("--queues") + 1] == "fakesake.interactive.side,fakesake.bulk.side"
+    assert [q.name for q in celery_config(settings)["task_queues"]] == [
+        "fakesake.interactive.side",
+        "fakesake.bulk.side",
+    ]
+
+
+def test_a_bulk_intake_refuses_a_prefork_pool(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKESAKE_BATCH__INTAKE", "bulk")
+    assert main(["worker", "--pool", "prefork"]) == 2
+    assert "batch.intake=bulk runs jobs on threads" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

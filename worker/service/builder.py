@@ -39,7 +39,7 @@ from worker.service.loading import (
     served_names,
     weights_sha256,
 )
-from worker.service.settings import WorkerSettings
+from worker.service.settings import WorkerSettings, job_threads
 
 if TYPE_CHECKING:
     from worker.core.ports import Fetcher
@@ -327,6 +327,7 @@ def worker_runtime(settings: WorkerSettings) -> WorkerRuntime:
     from worker.stores.ledger import LedgerSweeper, SweepThread, Toucher
     from worker.stores.ratelimit import RedisRateLimiter
     from worker.stores.results import RedisResultStore, S3ResultSink, SinkingResultStore
+    from worker.stores.shared_trips import SharedRoundTrips
 
     client = redis_from_settings(settings.redis)
     ping_redis(client, settings.redis.url)
@@ -351,14 +352,19 @@ def worker_runtime(settings: WorkerSettings) -> WorkerRuntime:
     batchers = [Batcher(m.classifier.predict, batches, observer=telemetry.observe_batch).start() for m in models]
     batcher = batchers[0]
     dead_letters = DeadLetters(client)
+    trips = SharedRoundTrips(client)  # job threads' arrivals and result writes that overlap share round trips
     store: Any = RedisResultStore(
-        client, ttl_s=settings.results.ttl_s, index_max=settings.results.index_max, closes_deliveries=True
+        client,
+        ttl_s=settings.results.ttl_s,
+        index_max=settings.results.index_max,
+        closes_deliveries=True,
+        trips=trips,
     )
     if settings.results.s3_prefix:
         # the sink is best effort with no retry layer of its own: boto3's retries are its only ones
         sink = S3ResultSink(s3_client(settings, job_retries=False), settings.results.s3_prefix)
         store = SinkingResultStore(store, sink)
-    counters = RedisJobCounters(client)
+    counters = RedisJobCounters(client, trips)
     processor = JobProcessor(
         spec=loaded.spec,
         preparer=BoundedPreparer(
@@ -391,6 +397,7 @@ def worker_runtime(settings: WorkerSettings) -> WorkerRuntime:
         sweeper = LedgerSweeper(client, grace_s=settings.ledger.grace_s, batch=settings.ledger.batch)
         ledger = SweepThread(sweeper, settings.ledger.sweep_interval_s, on_report=telemetry.ledger_swept).start()
     touch = DeferredToucher(Toucher(client).many, linger_s=TOUCH_LINGER_S).start()
+    intake = bulk_intake(settings, client, touch)
     adverts = Advertiser(client, [m.spec.name for m in models], settings.metrics.heartbeat_interval_s).start()
     # Ready only now: a producer that waits for readiness and submits must find this worker's advert.
     telemetry.model_loaded(served, load_s)
@@ -406,7 +413,20 @@ def worker_runtime(settings: WorkerSettings) -> WorkerRuntime:
         heartbeat_interval_s=settings.metrics.heartbeat_interval_s,
         more_batchers=tuple(batchers[1:]),
         adverts=adverts,
+        intake=intake,
     )
+
+
+def bulk_intake(settings: WorkerSettings, client: Any, touch: Callable[[str], None] | None) -> Any:
+    """The bulk intake of this worker (not started: the Celery adapter starts it with its job handler), or None
+    with ``batch.intake = celery``. It takes the lanes Celery's consumer would, in the same order."""
+    if settings.batch.intake != "bulk":
+        return None
+    from producers.contract import lanes_for
+    from worker.service.intake import BulkIntake
+    from worker.stores.intake import LaneIntake
+
+    return BulkIntake(LaneIntake(client), lanes_for(served_names(settings)), job_threads(settings), touch=touch)
 
 
 def webhook_sender(settings: WorkerSettings, dead_letters: Any = None) -> Any:

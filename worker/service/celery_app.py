@@ -28,12 +28,22 @@ from kombu.entity import Queue
 from pydantic import ValidationError
 
 from producers.connections import broker_url, celery_sentinel_options, celery_ssl_options, sentinel_target
-from producers.contract import ALL_QUEUES, TASK_NAME, WEBHOOK_TASK_NAME, JobMessage, JobResult, lanes_for
+from producers.contract import (
+    ALL_QUEUES,
+    TASK_NAME,
+    WEBHOOK_TASK_NAME,
+    JobMessage,
+    JobResult,
+    lanes_for,
+    side_lane,
+)
 from producers.errors import ConfigError, ErrorCode, FakesakeError
+from worker.core.intake import Delivery
 from worker.core.processing import Finished
+from worker.service.intake import Outcome
 from worker.service.logs import job_context
 from worker.service.runtime import EXIT_START_FAILED, ping_redis, start_failure
-from worker.service.settings import WorkerSettings
+from worker.service.settings import WorkerSettings, job_threads
 from worker.stores.broker import SENTINEL_TRANSPORT_PATH, TRANSPORT_PATH, sentinel_failover
 
 log = logging.getLogger(__name__)
@@ -44,6 +54,15 @@ def served_lanes(settings: WorkerSettings) -> tuple[str, ...]:
     is queued on the lane of its own set, so it only reaches workers that serve all of its detectors."""
     names = [n.strip() for n in (settings.model.names or settings.model.name).split(",") if n.strip()]
     return lanes_for(names)
+
+
+def consumed_lanes(settings: WorkerSettings) -> tuple[str, ...]:
+    """What Celery's consumer takes, in order. ``batch.intake = celery``: each lane's side lane, then the lane (a
+    job's follow-ups before new jobs); ``bulk``: the side lanes only, the lanes being the bulk intake's."""
+    lanes = served_lanes(settings)
+    if settings.batch.intake == "bulk":
+        return tuple(side_lane(lane) for lane in lanes)
+    return tuple(q for lane in lanes for q in (side_lane(lane), lane))
 
 
 def celery_config(settings: WorkerSettings) -> dict[str, Any]:
@@ -81,7 +100,7 @@ def celery_config(settings: WorkerSettings) -> dict[str, Any]:
         # runs (its enable_events option); metrics come from worker/service/metrics.py, not from events.
         "worker_send_task_events": settings.metrics.task_events,
         "task_send_sent_event": False,
-        "task_queues": [Queue(q, routing_key=q) for q in served_lanes(settings)],
+        "task_queues": [Queue(q, routing_key=q) for q in consumed_lanes(settings)],
         "task_default_queue": ALL_QUEUES[0],
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "worker_hijack_root_logger": False,
@@ -158,8 +177,16 @@ def _load_at_start(sender: Any = None, **_: Any) -> None:
         runtime()
 
 
+def _tick(rt: Any) -> None:
+    # The bulk intake takes the jobs, Celery's consumer only the side lanes: report the worker alive only while
+    # both loops turn (worker.service.intake.BulkIntake.alive).
+    if rt.intake is None or rt.intake.alive():
+        rt.telemetry.consumer_tick()
+
+
 class ConsumerTick(bootsteps.StartStopStep):  # type: ignore[misc]  # celery ships no type hints
-    """Reports, every heartbeat interval, that the consumer's event loop runs (worker.service.health's liveness).
+    """Reports, every heartbeat interval, that the consumer's event loop runs (worker.service.health's liveness),
+    and with the bulk intake that the intake's loop turns too (:func:`_tick`).
 
     The entry lives on the consumer's timer, which only the event loop fires: a consumer that stopped or
     wedged stops ticking. Celery cancels a failed connection's timer entries and calls ``start`` again on
@@ -176,8 +203,8 @@ class ConsumerTick(bootsteps.StartStopStep):  # type: ignore[misc]  # celery shi
         rt = _runtime
         if rt is None or c.timer is None:  # a prefork parent has no runtime; tick nothing rather than lie
             return
-        rt.telemetry.consumer_tick()
-        self._entry = c.timer.call_repeatedly(rt.heartbeat_interval_s, rt.telemetry.consumer_tick)
+        _tick(rt)
+        self._entry = c.timer.call_repeatedly(rt.heartbeat_interval_s, _tick, (rt,))
 
     def stop(self, c: Any) -> None:
         if self._entry is not None:
@@ -188,6 +215,27 @@ class ConsumerTick(bootsteps.StartStopStep):  # type: ignore[misc]  # celery shi
 
 
 app.steps["consumer"].add(ConsumerTick)
+
+
+class BulkIntakeStep(bootsteps.StartStopStep):  # type: ignore[misc]  # celery ships no type hints
+    """Starts this process's bulk intake (``batch.intake = bulk``) once Celery's consumer runs. It is started once
+    and stopped only at shutdown: it keeps its own Redis connection, so a broker reconnect of the consumer (which
+    calls ``stop`` and ``start`` again) leaves it running."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def start(self, c: Any) -> None:
+        rt = _runtime
+        if rt is not None and rt.intake is not None:
+            rt.intake.start(handle_delivery)
+
+    def shutdown(self, c: Any) -> None:
+        rt = _runtime
+        if rt is not None and rt.intake is not None:
+            rt.intake.stop()
+
+
+app.steps["consumer"].add(BulkIntakeStep)
 
 
 @signals.worker_shutdown.connect
@@ -239,24 +287,15 @@ def classify(self: Task, payload: dict[str, Any], rate_reserved: list[str] | Non
         runtime().reject_invalid(payload, exc)
         return "invalid"
     rt = runtime()
+    lane = self.request.delivery_info.get("routing_key") or ALL_QUEUES[0]
     with job_context(job.job_id, job.tenant):
         try:
-            decision = rt.process(
-                job, lane=self.request.delivery_info.get("routing_key"), reserved=frozenset(rate_reserved or ())
-            )
+            decision = rt.process(job, lane=lane, reserved=frozenset(rate_reserved or ()))
         except FakesakeError as exc:  # result store or counters unavailable: do not ack without a result
             log.warning("cannot finish job now (%s); returning it to the queue", exc.code)
             raise Reject(str(exc), requeue=True) from exc
         if isinstance(decision, Finished):
-            # Error results too: a caller waiting on its callback must hear that the job failed. Duplicates
-            # too: a worker that died after storing the result but before queueing its webhook leaves only
-            # this redelivery to send it. Webhooks are therefore at-least-once; receivers dedupe on the
-            # X-Fakesake-Job-Id header.
-            if job.callback_url:
-                deliver_webhook.apply_async(
-                    args=[decision.result.model_dump(mode="json"), job.callback_url],
-                    queue=self.request.delivery_info.get("routing_key") or ALL_QUEUES[0],
-                )
+            _queue_webhook(job, decision, lane)
             return decision.result.status.value
         # A held rate-limit slot travels with the retried message so the job does not queue for it twice.
         raise self.retry(
@@ -264,7 +303,49 @@ def classify(self: Task, payload: dict[str, Any], rate_reserved: list[str] | Non
             exc=decision.error,
             max_retries=None,
             kwargs={"rate_reserved": sorted(decision.reserved)},
+            queue=side_lane(lane),
         )
+
+
+def _queue_webhook(job: JobMessage, decision: Finished, lane: str) -> None:
+    # Error results too: a caller waiting on its callback must hear that the job failed. Duplicates too: a
+    # worker that died after storing the result but before queueing its webhook leaves only this redelivery to
+    # send it. Webhooks are therefore at-least-once; receivers dedupe on the X-Fakesake-Job-Id header.
+    if job.callback_url:
+        deliver_webhook.apply_async(
+            args=[decision.result.model_dump(mode="json"), job.callback_url], queue=side_lane(lane)
+        )
+
+
+def handle_delivery(delivery: Delivery) -> Outcome:
+    """The classify task for a job the bulk intake took (``worker.service.intake``): the same steps, with
+    Celery's parts done by hand (the retry is published with the same task id and countdown)."""
+    rt = runtime()
+    try:
+        job = JobMessage.model_validate(delivery.payload)
+    except ValidationError as exc:
+        rt.reject_invalid(delivery.payload, exc)
+        return Outcome.ACK
+    with job_context(job.job_id, job.tenant):
+        try:
+            decision = rt.process(job, lane=delivery.lane, reserved=delivery.reserved)
+            if isinstance(decision, Finished):
+                _queue_webhook(job, decision, delivery.lane)
+            else:
+                classify.apply_async(
+                    args=[delivery.payload],
+                    kwargs={"rate_reserved": sorted(decision.reserved)},
+                    countdown=decision.countdown_s,
+                    task_id=delivery.task_id,
+                    queue=side_lane(delivery.lane),
+                )
+        except FakesakeError as exc:
+            log.warning("cannot finish job now (%s); returning it to the queue", exc.code)
+            return Outcome.REQUEUE
+        except Exception:  # the broker refused the follow-up: run the job again (its stored result answers it)
+            log.warning("cannot queue the follow-up of a finished job; returning it to the queue", exc_info=True)
+            return Outcome.REQUEUE
+    return Outcome.ACK
 
 
 @app.task(name=WEBHOOK_TASK_NAME, bind=True, max_retries=None, acks_late=True)
@@ -283,12 +364,12 @@ def worker_argv(settings: WorkerSettings, extra: list[str]) -> list[str]:
     """``celery worker`` arguments: threads pool sized for batching, both lanes, events if configured."""
     argv = ["worker", "--events"] if settings.metrics.task_events else ["worker"]
     if not any(a.startswith(("--queues", "-Q")) for a in extra):
-        argv += ["--queues", ",".join(served_lanes(settings))]  # interactive lanes polled first
+        argv += ["--queues", ",".join(consumed_lanes(settings))]  # interactive lanes polled first
     if not any(a.startswith(("--pool", "-P")) for a in extra):
         argv.append("--pool=threads")
     if not any(a.startswith(("--concurrency", "-c")) for a in extra):
         # Enough job threads to fill two batches while one is in the model.
-        argv.append(f"--concurrency={max(8, 2 * settings.batch.max_size + settings.batch.prepare_threads)}")
+        argv.append(f"--concurrency={job_threads(settings)}")
     if not any(a.startswith(("--loglevel", "-l")) for a in extra):
         argv.append(f"--loglevel={settings.log.level}")
     return argv + extra
@@ -318,6 +399,10 @@ def run_worker(extra: list[str]) -> int:
     if processes > 1:
         return _supervise(settings, processes, extra)
     argv = worker_argv(settings, extra)
+    if settings.batch.intake == "bulk" and forks_children(argv):
+        # the intake runs in the process that consumes; a prefork parent runs no jobs
+        report_start_failure(ConfigError("batch.intake=bulk runs jobs on threads: use --pool=threads (the default)"))
+        return EXIT_START_FAILED
     try:
         if forks_children(argv):
             _check_redis(settings)  # children build the rest; at least a dead Redis fails the start here

@@ -59,8 +59,15 @@ class DeferredToucher:
     The touch at processing start (``RedisJobCounters.open_deliveries``) stays synchronous.
     """
 
-    def __init__(self, touch: Callable[[list[str]], None], max_batch: int = 256, linger_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        touch: Callable[[list[str]], None],
+        max_batch: int = 256,
+        linger_s: float = 0.0,
+        what: str = "mark %d received jobs in the ledger",
+    ) -> None:
         self._touch = touch
+        self._what = what  # for the warning when a call fails ("could not <what>"); the bulk intake's acks use it too
         self._max_batch = max_batch
         # How long a first id waits for others to share its round trip (a steady trickle of jobs would
         # otherwise cost one touch each); far below ledger.grace_s, and the arrival's own touch follows anyway.
@@ -109,7 +116,7 @@ class DeferredToucher:
             try:
                 self._touch(ids)
             except Exception:  # the processing-start touch follows; this thread must go on
-                log.warning("could not mark %d received jobs in the ledger (%s...)", len(ids), ids[0], exc_info=True)
+                log.warning("could not " + self._what + " (%s...)", len(ids), ids[0], exc_info=True)
 
 
 @dataclass
@@ -127,6 +134,7 @@ class WorkerRuntime:
     heartbeat_interval_s: float = 5.0  # how often the consumer bootstep reports that it runs
     more_batchers: tuple[Batcher, ...] = ()  # one per further detector when the worker serves several
     adverts: Any = None  # stores.adverts.Advertiser: what this worker serves, kept advertised in Redis
+    intake: Any = None  # service.intake.BulkIntake with batch.intake = bulk (started by the Celery adapter), else None
 
     def process(self, job: JobMessage, lane: str | None = None, reserved: frozenset[str] = frozenset()) -> Decision:
         """Run one job; store errors surface as TransientError(UNAVAILABLE) for the adapter to requeue."""
@@ -158,6 +166,8 @@ class WorkerRuntime:
         return countdown
 
     def close(self) -> None:
+        if self.intake is not None:  # first: its running jobs need the batchers
+            self.intake.stop()
         if self.ledger is not None:
             self.ledger.stop()
         if self.touch is not None:

@@ -96,6 +96,13 @@ class BatchSettings(BaseModel):
     max_size: int = Field(default=16, ge=1, le=1024, description="Largest inference batch")
     max_wait_ms: float = Field(default=10.0, ge=0, description="Longest a batch waits to fill after its first image")
     prepare_threads: int = Field(default=4, ge=1, description="Threads that fetch/decode/preprocess")
+    intake: Literal["celery", "bulk"] = Field(
+        default="celery",
+        description="fakesake worker: how jobs are taken from their lanes. celery = Celery's consumer, one message "
+        "at a time; bulk = many per Redis round trip into the same job threads (same acks, visibility timeout "
+        "and recovery; Celery still runs retries and webhooks from the side lanes; no Celery task events or "
+        "inspect for these jobs). For workers that must feed a GPU (docs/OPERATIONS.md)",
+    )
     processes: int = Field(
         default=0,
         ge=0,
@@ -351,3 +358,9 @@ class WorkerSettings(BaseSettings):
         if lo is not None and hi is not None and lo > hi:
             raise ValueError("model.human_max must be <= model.ai_min")
         return self
+
+
+def job_threads(settings: WorkerSettings) -> int:
+    """Job threads of one worker process (Celery's ``--concurrency``, the bulk intake's capacity): enough to fill
+    two batches while one is in the model."""
+    return max(8, 2 * settings.batch.max_size + settings.batch.prepare_threads)

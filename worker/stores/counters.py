@@ -13,6 +13,8 @@ trip: the touch rides along instead of costing a Redis call of its own per job.
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis
 
 from producers.contract import LUA_NOW, JobResult, Keys
@@ -69,8 +71,10 @@ return {result, prior, begun, attempt}
 
 
 class RedisJobCounters:
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, trips: Any = None) -> None:
         self._r = client
+        # shared_trips.SharedRoundTrips: arrivals of jobs taken together share a round trip
+        self._trips = trips
         self._begin = client.register_script(_BEGIN_DELIVERY_LUA)
         self._arrive = client.register_script(_ARRIVE_LUA)
         self._arrive_with_result = client.register_script(_ARRIVE_LUA_WITH_RESULT)
@@ -96,9 +100,11 @@ class RedisJobCounters:
         """``processing.Arrivals``: the job's stored result (``Keys.result``) and its open deliveries, touching
         its ledger entry, and (``max_deliveries``) this delivery begun and its attempt counted, in one script."""
         keys = [Keys.result(tenant, job_id), Keys.deliveries(job_id), Keys.LEDGER_SEEN, Keys.attempts(job_id)]
-        raw, prior, begun, attempt = self._arrive_with_result(
-            keys=keys, args=[job_id, _TTL_S, max_deliveries, int(count_attempt)]
-        )
+        args: list[Any] = [job_id, _TTL_S, max_deliveries, int(count_attempt)]
+        if self._trips is not None:
+            raw, prior, begun, attempt = self._trips.call(self._arrive_with_result, keys, args)
+        else:
+            raw, prior, begun, attempt = self._arrive_with_result(keys=keys, args=args)
         return Arrival(
             JobResult.model_validate_json(raw) if raw else None,
             int(prior),

@@ -45,7 +45,9 @@ return false
 class RedisResultStore:
     """Implements ``worker.core.ports.ResultStore`` on Redis. Thread-safe."""
 
-    def __init__(self, client: Any, ttl_s: int, index_max: int, *, closes_deliveries: bool = False) -> None:
+    def __init__(
+        self, client: Any, ttl_s: int, index_max: int, *, closes_deliveries: bool = False, trips: Any = None
+    ) -> None:
         if ttl_s < 1 or index_max < 1:
             raise ValueError("ttl_s and index_max must be >= 1")
         self.client = client
@@ -55,30 +57,34 @@ class RedisResultStore:
         # less per job (``JobProcessor.store_closes_deliveries``).
         self.closes_deliveries = closes_deliveries
         self._put = client.register_script(_PUT_FINAL_LUA)
+        # shared_trips.SharedRoundTrips: writes of job threads that finish together share a round trip
+        self._trips = trips
 
     def put_final(self, result: JobResult) -> JobResult:
         """Store ``result`` unless a final result for its job exists; return the one that is stored.
 
         Raises ``TransientError(unavailable)`` if Redis cannot be reached: the caller must not ack the job.
         """
+        keys = [
+            Keys.result(result.tenant, result.job_id),
+            Keys.tenant_index(result.tenant),
+            Keys.LEDGER,
+            Keys.LEDGER_SEEN,
+            *([Keys.deliveries(result.job_id)] if self.closes_deliveries else []),
+        ]
+        args = [
+            result.model_dump_json(),
+            self.ttl_s,
+            f"{result.finished_at.timestamp():.6f}",
+            self.index_max,
+            result.job_id,
+            Keys.notify(result.tenant),
+        ]
         with redis_errors("result store"):
-            existing = self._put(
-                keys=[
-                    Keys.result(result.tenant, result.job_id),
-                    Keys.tenant_index(result.tenant),
-                    Keys.LEDGER,
-                    Keys.LEDGER_SEEN,
-                    *([Keys.deliveries(result.job_id)] if self.closes_deliveries else []),
-                ],
-                args=[
-                    result.model_dump_json(),
-                    self.ttl_s,
-                    f"{result.finished_at.timestamp():.6f}",
-                    self.index_max,
-                    result.job_id,
-                    Keys.notify(result.tenant),
-                ],
-            )
+            if self._trips is not None:
+                existing = self._trips.call(self._put, keys, args)
+            else:
+                existing = self._put(keys=keys, args=args)
         if existing is None:
             return result
         stored = JobResult.model_validate_json(existing)
