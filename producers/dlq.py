@@ -62,7 +62,7 @@ _PAGE = 500  # index entries read per round trip by a tenant-scoped listing
 WEBHOOK_DLQ = f"{KEY_PREFIX}:dlq:webhook"
 #: the same job ids scored by when their webhook died
 WEBHOOK_DLQ_INDEX = f"{KEY_PREFIX}:dlq:webhook:index"
-#: lane a re-sent webhook goes to: polled first, and a webhook costs one POST, not an inference
+#: lane whose side lane a re-sent webhook goes to: polled first, and a webhook costs one POST, not an inference
 WEBHOOK_LANE = Priority.INTERACTIVE
 
 

@@ -13,7 +13,7 @@ import redis
 
 from producers import wire
 from producers.client import Producer, QueueFullError
-from producers.contract import WEBHOOK_TASK_NAME, ErrorInfo, JobMessage, JobResult, Keys, Priority, Status
+from producers.contract import WEBHOOK_TASK_NAME, ErrorInfo, JobMessage, JobResult, Keys, Priority, Status, side_lane
 from producers.dlq import DeadLetters
 from producers.errors import ErrorCode, PermanentError
 from producers.settings import ProducerSettings, QueueSettings, RedisSettings
@@ -216,7 +216,9 @@ def test_resend_webhook_queues_the_delivery_task_once(client: redis.Redis, produ
         dlq.resend_webhook(result.job_id, producer, tenant="beta")
     assert info.value.code is ErrorCode.NOT_FOUND and dlq.count_webhooks() == 1
     task_id = dlq.resend_webhook(result.job_id, producer, tenant="acme")
-    (raw,) = client.lrange(wire.queue_key(Priority.INTERACTIVE), 0, -1)
+    # a follow-up: on the interactive lane's side lane (producers.contract.side_lane), the lane itself untouched
+    assert client.llen(wire.queue_key(Priority.INTERACTIVE)) == 0
+    (raw,) = client.lrange(side_lane(wire.queue_key(Priority.INTERACTIVE)), 0, -1)
     message = json.loads(raw)
     assert message["headers"]["task"] == WEBHOOK_TASK_NAME and message["headers"]["id"] == task_id
     assert "secret" not in message["headers"]["argsrepr"]  # monitors show it
@@ -225,4 +227,4 @@ def test_resend_webhook_queues_the_delivery_task_once(client: redis.Redis, produ
     assert dlq.count_webhooks() == 0 and dlq.get_webhook(result.job_id) is None
     with pytest.raises(PermanentError):  # re-sent already: nothing waits
         dlq.resend_webhook(result.job_id, producer)
-    assert client.llen(wire.queue_key(Priority.INTERACTIVE)) == 1
+    assert client.llen(side_lane(wire.queue_key(Priority.INTERACTIVE))) == 1

@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from producers import cli, wire
-from producers.contract import WEBHOOK_TASK_NAME, ErrorInfo, JobMessage, JobResult, Priority, Status
+from producers.contract import WEBHOOK_TASK_NAME, ErrorInfo, JobMessage, JobResult, Priority, Status, side_lane
 from producers.dlq import DeadLetters
 
 POISON = ErrorInfo(code="poison", message="crashed its worker")
@@ -81,10 +81,11 @@ def test_retry_all_with_tenant_touches_only_that_tenant(
         *(("job", j) for j in dead["beta"]),
         ("webhook", dead["beta-hooks"][0]),
     ]
-    queued = [json.loads(raw) for raw in client.lrange(LANE, 0, -1)]
+    queued = [json.loads(raw) for raw in client.lrange(LANE, 0, -1) + client.lrange(side_lane(LANE), 0, -1)]
     jobs = [wire.decode_message(json.dumps(m))[1] for m in queued if m["headers"]["task"] != WEBHOOK_TASK_NAME]
     hooks = [m for m in queued if m["headers"]["task"] == WEBHOOK_TASK_NAME]
     assert len(jobs) == 2 and {j.tenant for j in jobs} == {"beta"} and len(hooks) == 1
+    assert client.llen(side_lane(LANE)) == 1  # the webhook, a follow-up, waits on the side lane
     assert json.loads(hooks[0]["body"])[0][0]["tenant"] == "beta"
     # acme's dead letters, and the raw one, are untouched
     assert {x.job_id for x in dlq.list(None)} == {*dead["acme"], *dead["raw"]}
@@ -106,5 +107,5 @@ def test_retry_by_id_is_scoped_and_kinded(
 
     code, records = run(capsys, "dlq", "retry", dead["acme-hooks"][0], "--tenant", "acme")
     assert code == 0 and records[0]["kind"] == "webhook" and records[0]["status"] == "requeued"
-    (raw,) = client.lrange(LANE, 0, -1)
+    (raw,) = client.lrange(side_lane(LANE), 0, -1)
     assert json.loads(raw)["headers"]["id"] == records[0]["task_id"]

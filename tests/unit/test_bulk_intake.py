@@ -127,9 +127,10 @@ def running(
     *,
     lanes: Sequence[str] = (LANE,),
     touch: Callable[[str], None] | None = None,
+    start_capacity: int | None = None,
 ) -> Iterator[BulkIntake]:
     intake = BulkIntake(cast(LaneIntake, store), lanes, capacity, touch=touch, idle_wait_s=0.05)
-    intake.start(handle)
+    intake.start(handle, capacity=start_capacity)
     try:
         yield intake
     finally:
@@ -148,7 +149,9 @@ def counting(store: FakeStore, handle: Callable[[Delivery], Outcome]) -> Handler
     return wrapped
 
 
-def test_no_more_jobs_are_taken_than_there_are_job_threads() -> None:
+@pytest.mark.parametrize("given", ["built", "started"])
+def test_no_more_jobs_are_taken_than_there_are_job_threads(given: str) -> None:
+    """``started``: the capacity comes at start (Celery's ``--concurrency``) and overrides the builder's."""
     capacity, n = 3, 10
     store = FakeStore(capacity)
     store.push(LANE, *(message(i)[1] for i in range(n)))
@@ -165,7 +168,8 @@ def test_no_more_jobs_are_taken_than_there_are_job_threads() -> None:
             active[0] -= 1
         return Outcome.ACK
 
-    with running(store, counting(store, handle), capacity):
+    built = capacity if given == "built" else 36
+    with running(store, counting(store, handle), built, start_capacity=None if given == "built" else capacity):
         eventually(lambda: active[0] == capacity, WAIT_S, "the job threads to fill")
         gate.wait(0.2)  # the intake is now waiting for a free job thread; it must not take more meanwhile
         assert store.taken == capacity and len(store.unacked) == capacity

@@ -227,7 +227,9 @@ class BulkIntakeStep(bootsteps.StartStopStep):  # type: ignore[misc]  # celery s
     def start(self, c: Any) -> None:
         rt = _runtime
         if rt is not None and rt.intake is not None:
-            rt.intake.start(handle_delivery)
+            # as many jobs at once as Celery's pool would run: `--concurrency` (default: job_threads) applies to both
+            concurrency = getattr(getattr(c, "controller", None), "concurrency", None)
+            rt.intake.start(handle_delivery, capacity=concurrency if isinstance(concurrency, int) else None)
 
     def shutdown(self, c: Any) -> None:
         rt = _runtime

@@ -62,6 +62,7 @@ class BulkIntake:
         self._lanes = tuple(lanes)
         self._capacity = capacity
         self._touch = touch
+        self._max_take_wanted = max_take
         self._max_take = max(1, min(max_take, capacity))
         self._idle_wait_s = idle_wait_s
         self._slots = threading.Semaphore(capacity)
@@ -79,10 +80,15 @@ class BulkIntake:
     def lanes(self) -> tuple[str, ...]:
         return self._lanes
 
-    def start(self, handle: Handler) -> BulkIntake:
-        """Start taking jobs; ``handle`` runs each on a job thread. A second call does nothing."""
+    def start(self, handle: Handler, capacity: int | None = None) -> BulkIntake:
+        """Start taking jobs; ``handle`` runs each on a job thread, at most ``capacity`` at once (the one given at
+        construction when None). A second call does nothing."""
         if self._thread is not None:
             return self
+        if capacity is not None and capacity != self._capacity:
+            self._capacity = max(1, capacity)
+            self._slots = threading.Semaphore(self._capacity)
+            self._max_take = max(1, min(self._max_take_wanted, self._capacity))
         self._handle = handle
         self._pool = ThreadPoolExecutor(self._capacity, thread_name_prefix="fakesake-job")
         self._acks.start()
@@ -107,6 +113,10 @@ class BulkIntake:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
         self._acks.stop()
+        try:  # jobs whose return to their lane failed: one last try, else kombu's restore sweep returns them
+            self._release_pending()
+        except Exception:
+            log.warning("bulk intake: %d jobs left to kombu's restore sweep", self._unreleased.qsize(), exc_info=True)
 
     def _run(self) -> None:
         backoff = 0.1
