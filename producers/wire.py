@@ -191,14 +191,22 @@ def encode_webhook_message(
     return lane, _dumps(message).encode(CONTENT_ENCODING)
 
 
+def task_arguments(message: dict[str, Any]) -> tuple[Any, Any]:
+    """A protocol-2 envelope's task ``args`` and ``kwargs``, as the worker decodes them: the body is JSON text, or
+    base64 of it when ``properties.body_encoding`` says so (older producers; Celery's own publishes). Raises
+    what a malformed envelope raises (KeyError, ValueError, TypeError)."""
+    body: str | bytes = message["body"]
+    if message["properties"].get("body_encoding") == "base64":
+        body = base64.b64decode(body)
+    args, kwargs, _embed = json.loads(body)
+    return args, kwargs
+
+
 def decode_message(raw: bytes | str) -> tuple[dict[str, Any], JobMessage]:
     """Inverse of :func:`encode_message` (for tests and tools): the envelope and the job it carries. Reads
     base64 bodies (``properties.body_encoding``) too, as older producers wrote them."""
     message: dict[str, Any] = json.loads(raw)
-    body: str | bytes = message["body"]
-    if message["properties"].get("body_encoding") == "base64":
-        body = base64.b64decode(body)
-    args, _kwargs, _embed = json.loads(body)
+    args, _kwargs = task_arguments(message)
     return message, JobMessage.model_validate(args[0])
 
 

@@ -388,3 +388,34 @@ def test_a_wedged_intake_loop_is_not_alive_and_the_worker_stops_reporting_its_co
     finally:
         unblock.set()
         intake.stop(timeout_s=WAIT_S)
+
+
+def test_a_take_that_fails_part_way_frees_the_job_threads_of_what_it_did_not_hand_over() -> None:
+    """Anything that raises while a take is handed to job threads (here the ledger touch) leaves the messages not
+    yet handed over unacked, for kombu's restore sweep, and gives their job threads back: capacity is not lost."""
+    capacity = 3
+    store = FakeStore(capacity)
+    jobs = [message(i) for i in range(capacity)]
+    store.push(LANE, *(raw for _j, raw in jobs))
+    touched: list[str] = []
+
+    def touch(job_id: str) -> None:
+        touched.append(job_id)
+        if len(touched) == 2:
+            raise RuntimeError("the ledger touch failed")
+
+    runs: list[str] = []
+
+    def handle(delivery: Delivery) -> Outcome:
+        runs.append(delivery.task_id)
+        return Outcome.ACK
+
+    with running(store, counting(store, handle), capacity, touch=touch):
+        eventually(lambda: len(store.acked) == 1, WAIT_S, "the job handed over before the failure")
+        later = [message(10 + i) for i in range(capacity)]
+        store.push(LANE, *(raw for _j, raw in later))
+        # all three job threads are free again: the next take asks for three and runs them
+        eventually(lambda: len(store.acked) == 1 + capacity, WAIT_S, "a full take after the failure")
+    assert runs == [jobs[0][0], *(j for j, _raw in later)]
+    assert set(store.unacked) == {tag_of(jobs[1][1]), tag_of(jobs[2][1])}, "left unacked for kombu's restore"
+    assert ((LANE,), capacity) in store.take_calls[1:]

@@ -9,10 +9,11 @@ read raises ``ValueError`` and is handed to Celery too, which dead-letters what 
 
 from __future__ import annotations
 
-import base64
 import json
 from dataclasses import dataclass
 from typing import Any
+
+from producers.wire import task_arguments
 
 
 @dataclass(frozen=True)
@@ -50,10 +51,7 @@ def parse_delivery(lane: str, raw: bytes) -> Delivery:
     try:
         message = json.loads(raw)
         properties, headers = message["properties"], message["headers"]
-        body: str | bytes = message["body"]
-        if properties.get("body_encoding") == "base64":
-            body = base64.b64decode(body)
-        args, kwargs, _embed = json.loads(body)
+        args, kwargs = task_arguments(message)
         payload = args[0]
         reserved = kwargs.get("rate_reserved") or ()
         tag, task_id = properties["delivery_tag"], headers["id"]
