@@ -42,6 +42,8 @@ from tests.support.workers import REPO_ROOT
 TARGET_PER_PROCESS = 0.70
 TARGET_TWO = 1.7
 IMAGE_PX = 64
+#: The one-process stub consumers compared row by row with the no-op: (consumer, how it takes jobs)
+STUB_INTAKES = (("x1", "Celery intake"), ("b1", "bulk intake"))
 UNACKED = "unacked"  # kombu's Redis transport: hash of delivered, not yet acked messages
 
 
@@ -320,7 +322,7 @@ def run(ctx: Context) -> list[Row]:
                 cpu_ms[key] / cpu_ms["noop"] if cpu_ms["noop"] else None,  # a few jobs can cost 0 clock ticks
                 note="user + system time of the consumer process over the timed passes, /proc/PID/stat",
             )
-            for key, label in (("x1", "Celery intake"), ("b1", "bulk intake"))
+            for key, label in STUB_INTAKES
         ),
         *(
             Row(
@@ -333,7 +335,7 @@ def run(ctx: Context) -> list[Row]:
                 sum(counts[key].values()) / max(sum(counts["noop"].values()), 1e-9),
                 note=f"worker: {describe(counts[key])}; no-op: {describe(counts['noop'])}",
             )
-            for key, label in (("x1", "Celery intake"), ("b1", "bulk intake"))
+            for key, label in STUB_INTAKES
         ),
         *(
             Row(
@@ -345,7 +347,7 @@ def run(ctx: Context) -> list[Row]:
                 "no-op Celery task",
                 note="worker: " + describe(trips[key]) + "; no-op: " + describe(trips["noop"]),
             )
-            for key, label in (("x1", "Celery intake"), ("b1", "bulk intake"))
+            for key, label in STUB_INTAKES
         ),
         Row("fleet", "resident memory, 1 stub worker process (bulk intake)", rss["b1"] / 2**20, "MiB"),
         Row(
