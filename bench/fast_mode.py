@@ -29,7 +29,16 @@ from bench.engine_section import engine_rate
 from tests.support.fetchers import MemoryFetcher
 from tests.support.images import encode
 from worker.core.pipeline import Pipeline, Preparer
+from worker.core.registry import Preprocessing
 from worker.inference.imaging import DecodePolicy, decode
+from worker.inference.pixels import normalise
+
+
+def model_input(prepared: Any, pre: Preprocessing) -> np.ndarray:
+    """The normalised model input of a prepared image: a torch backend's tensor as it is, the ONNX backend's 8-bit
+    pixels normalised as its graph does."""
+    array = np.asarray(prepared)
+    return normalise(array, pre) if array.dtype == np.uint8 else array
 
 
 def _deltas(a: list[float], b: list[float]) -> tuple[float, float]:
@@ -82,8 +91,10 @@ def rows(ctx: Context, weights: Any) -> list[Row]:
     fast_mean, fast_max = _deltas(fast_scores, exact_scores)
     yard_mean, yard_max = _deltas(recoded_scores, exact_scores)
     raw = Path(sources[0]).read_bytes()
-    # torch tensors or, on the cached-graph path, numpy arrays
-    inputs = np.abs(np.asarray(fast.pipeline.preparer.decode(raw)) - np.asarray(exact.pipeline.preparer.decode(raw)))
+    pre = exact.pipeline.spec.preprocessing
+    inputs = np.abs(
+        model_input(fast.pipeline.preparer.decode(raw), pre) - model_input(exact.pipeline.preparer.decode(raw), pre)
+    )
     exact.close()
     fast.close()
     out.append(

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 
@@ -182,6 +182,21 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy_s() -> float:
+    """CPU seconds every core together has spent busy since boot (all but idle and iowait), /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def busy_while(rate: Callable[[], float], busy: list[float]) -> float:
+    """``rate()``, appending to ``busy`` how many cores the whole machine kept busy meanwhile."""
+    start_busy, start = machine_busy_s(), time.perf_counter()
+    value = rate()
+    busy.append((machine_busy_s() - start_busy) / (time.perf_counter() - start))
+    return value
+
+
 def rss_of(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -255,8 +270,9 @@ def run(ctx: Context) -> list[Row]:
         }
         single = {"noop": noop, "x1": x1, "b1": b1}
         cpu_before = {k: cpu_s(c.proc.pid) for k, c in single.items()}
+        busy: dict[str, list[float]] = {name: [] for name in made}
         rates = interleaved(
-            {name: partial(c.rate, uris, n, c.stores) for name, c in made.items()},
+            {name: partial(busy_while, partial(c.rate, uris, n, c.stores), busy[name]) for name, c in made.items()},
             ctx.passes,
         )
         # CPU per job does not depend on how busy the machine is; the others idle in BRPOP meanwhile.
@@ -348,6 +364,16 @@ def run(ctx: Context) -> list[Row]:
                 note="worker: " + describe(trips[key]) + "; no-op: " + describe(trips["noop"]),
             )
             for key, label in STUB_INTAKES
+        ),
+        Row(
+            "fleet",
+            "cores busy, whole machine, during the --processes 2 passes",
+            median(busy["b2"]),
+            "cores",
+            float(os.cpu_count() or 1),
+            "cores",
+            note="workers, redis-server and the bench's producer; during the other passes: "
+            + ", ".join(f"{name} {median(busy[name]):.2f}" for name in ("noop", "noop2", "x1", "b1")),
         ),
         Row("fleet", "resident memory, 1 stub worker process (bulk intake)", rss["b1"] / 2**20, "MiB"),
         Row(

@@ -1,9 +1,12 @@
 """``fakesake lanes --model a,b``: the Redis lists (Celery queues) that jobs for a detector set wait in.
 
 What an operator names in a KEDA list trigger (``listName``), in ``redis-cli LLEN`` or in a PromQL selector
-(``fakesake_queue_depth{queue="..."}``). ``--worker`` prints every lane a worker serving those detectors consumes
-(each non-empty subset of them): the triggers of a Deployment that serves an ensemble. No Redis, no torch:
-lane names are a pure function of the detector names (:func:`producers.contract.queue_name`).
+(``fakesake_queue_depth{queue="..."}``). ``--worker`` prints every list a worker serving those detectors consumes:
+the lane of each non-empty subset of them, then each lane's side lane (``<lane>.side``, where the worker queues a
+job's follow-ups: retries waiting out a rate limit, webhook deliveries; ``fakesake_side_lane_depth``). Those are
+the triggers of a Deployment that serves an ensemble; a side lane needs one only where the Deployment may scale
+to zero (deploy/k8s/keda.yaml). No Redis, no torch: lane names are a pure function of the detector names
+(:func:`producers.contract.queue_name`, :func:`producers.contract.side_lane`).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import json
 import sys
 from typing import IO
 
-from producers.contract import MAX_SERVED_DETECTORS, Priority, detector_set, lane_priority, queue_name
+from producers.contract import MAX_SERVED_DETECTORS, Priority, detector_set, lane_priority, queue_name, side_lane
 from producers.serving import worker_lanes
 
 EXIT_OK, EXIT_USAGE = 0, 2
@@ -33,8 +36,8 @@ def add_subcommand(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.add_argument(
         "--worker",
         action="store_true",
-        help=f"every lane a worker serving these detectors consumes (each non-empty subset; at most "
-        f"{MAX_SERVED_DETECTORS} detectors)",
+        help=f"every list a worker serving these detectors consumes: the lanes (each non-empty subset; at most "
+        f"{MAX_SERVED_DETECTORS} detectors), then their side lanes (<lane>.side: retries, webhook deliveries)",
     )
     p.add_argument("--priority", choices=[x.value for x in Priority], help="only this priority's lanes")
     p.add_argument("--format", choices=["text", "json"], default="text", help="text: queue, lane, detectors")
@@ -42,9 +45,14 @@ def add_subcommand(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 
 def lanes(model: str, *, worker: bool = False, priority: str | None = None) -> list[dict[str, str]]:
-    """``[{"queue", "lane", "detectors"}]`` of ``model`` (with ``worker``: of every subset a worker consumes)."""
+    """``[{"queue", "lane", "detectors"}]`` of ``model`` (with ``worker``: of every subset a worker consumes, then the
+    side lanes of those; a side lane's row has its lane's ``lane`` and ``detectors``)."""
     names = detector_set(model)
-    queues = worker_lanes(names) if worker else {queue_name(p, names): ",".join(sorted(set(names))) for p in Priority}
+    if worker:
+        queues = worker_lanes(names)
+        queues |= {side_lane(q): d for q, d in queues.items()}
+    else:
+        queues = {queue_name(p, names): ",".join(sorted(set(names))) for p in Priority}
     return [
         {"queue": q, "lane": lane_priority(q), "detectors": d}
         for q, d in queues.items()

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from producers.contract import ALL_QUEUES
+from producers.contract import ALL_QUEUES, SIDE_SUFFIX, side_lane
 from tests.deploy.support import (
     DEPLOY,
     METRICS,
@@ -208,7 +208,13 @@ def test_keda_scales_each_worker_on_both_lanes() -> None:
     for name, obj in scaled.items():
         triggers = obj["spec"]["triggers"]
         assert all(t["type"] == "redis" for t in triggers)
-        assert sorted(t["metadata"]["listName"] for t in triggers) == sorted(ALL_QUEUES), name
+        lanes = [t for t in triggers if not t["metadata"]["listName"].endswith(SIDE_SUFFIX)]
+        assert sorted(t["metadata"]["listName"] for t in lanes) == sorted(ALL_QUEUES), name
+        # A pool that scales to zero wakes on its side lanes too (follow-ups must not strand); a warm one needs none.
+        sides = [t for t in triggers if t not in lanes]
+        expected = sorted(side_lane(q) for q in ALL_QUEUES) if obj["spec"]["minReplicaCount"] == 0 else []
+        assert sorted(t["metadata"]["listName"] for t in sides) == expected, name
+        assert all(t["metadata"]["activationListLength"] == "0" for t in sides), name  # any follow-up wakes it
         for t in triggers:
             assert t["metadata"]["address"] == redis_address
             assert int(t["metadata"]["listLength"]) > 0

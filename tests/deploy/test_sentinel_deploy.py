@@ -78,7 +78,7 @@ def test_k8s_overlay_uses_one_group_everywhere() -> None:
         url = env["FAKESAKE_REDIS__URL"]["value"].replace("$(REDIS_PASSWORD)", "pw")
         target = parse_sentinel_url(RedisSettings(url=url, master_name=master).url)
         assert [h for h, _ in target.sentinels] == pods and target.password == "pw"
-    for op in docs["keda.yaml"][0]:
+    for op in docs["keda.yaml"][0] + docs["keda-cpu.yaml"][0]:
         if op["path"].endswith("/addresses"):
             assert op["value"].split(",") == [f"{p}:26379" for p in pods]
         if op["path"].endswith("/sentinelMaster"):
@@ -99,6 +99,25 @@ def test_k8s_overlay_renders() -> None:
         if d["kind"] == "Deployment":
             env = {e["name"] for c in d["spec"]["template"]["spec"]["containers"] for e in c.get("env", [])}
             assert "FAKESAKE_REDIS__URL" in env and "FAKESAKE_REDIS__SENTINEL_PASSWORD" in env
+
+
+def test_k8s_overlay_patches_every_keda_trigger_it_has() -> None:
+    """Each ScaledObject trigger of ../k8s gets the four ops (type, address out, addresses, sentinelMaster)."""
+    base = [d for d in yaml.safe_load_all((DEPLOY / "k8s" / "keda.yaml").read_text()) if d["kind"] == "ScaledObject"]
+    kust = load_yaml(OVERLAY / "kustomization.yaml")
+    docs = _overlay_docs()
+    for obj in base:
+        patched: list[str] = []
+        for p in kust["patches"]:
+            target = p.get("target", {})
+            if p.get("path", "").startswith("keda") and re.fullmatch(target.get("name", ".*"), obj["metadata"]["name"]):
+                patched += [op["path"] for op in docs[p["path"]][0]]
+        for i in range(len(obj["spec"]["triggers"])):
+            ops = sorted(path for path in patched if path.startswith(f"/spec/triggers/{i}/"))
+            assert ops == [
+                f"/spec/triggers/{i}/{leaf}"
+                for leaf in ("metadata/address", "metadata/addresses", "metadata/sentinelMaster", "type")
+            ], (obj["metadata"]["name"], i)
 
 
 def test_docs_name_the_examples() -> None:

@@ -419,3 +419,38 @@ def test_a_take_that_fails_part_way_frees_the_job_threads_of_what_it_did_not_han
     assert runs == [jobs[0][0], *(j for j, _raw in later)]
     assert set(store.unacked) == {tag_of(jobs[1][1]), tag_of(jobs[2][1])}, "left unacked for kombu's restore"
     assert ((LANE,), capacity) in store.take_calls[1:]
+
+
+@pytest.mark.parametrize("release_failures", [1, 1000])
+def test_stop_makes_a_last_try_at_returning_jobs_whose_return_failed(
+    release_failures: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A job that ends REQUEUE after the intake thread stopped, whose return to its lane fails (Redis away): stop()
+    tries once more; if Redis is still away it logs and returns (kombu's restore sweep returns the job) rather
+    than hang."""
+    store = FakeStore(1)
+    _job_id, raw = message()
+    store.push(LANE, raw)
+    gate, started = threading.Event(), threading.Event()
+
+    def handle(delivery: Delivery) -> Outcome:
+        started.set()
+        gate.wait(WAIT_S)
+        return Outcome.REQUEUE
+
+    intake = BulkIntake(cast(LaneIntake, store), (LANE,), 1, idle_wait_s=0.05).start(handle)
+    assert started.wait(WAIT_S)
+    stopper = threading.Thread(target=intake.stop, kwargs={"timeout_s": WAIT_S})
+    stopper.start()
+    stopper.join(0.7)  # the intake thread has seen the stop within its 0.5 s slot wait: only stop() can retry now
+    assert stopper.is_alive(), "stop() waits for the running job"
+    store.release_failures = release_failures
+    gate.set()
+    stopper.join(WAIT_S)
+    assert not stopper.is_alive()
+    if release_failures == 1:
+        assert store.released == [(tag_of(raw), LANE)] and list(store.lanes[LANE]) == [raw]
+        assert store.unacked == {}
+    else:
+        assert store.released == [] and list(store.unacked) == [tag_of(raw)], "still unacked, for kombu's restore"
+        assert "1 jobs left to kombu's restore sweep" in caplog.text

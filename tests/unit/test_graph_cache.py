@@ -17,7 +17,7 @@ from worker.inference import onnx_export
 from worker.inference.graph_cache import OPSET, GraphCache, GraphKey
 from worker.inference.loader import LoadedDetector, weights_sha256
 from worker.inference.onnx_start import load_onnx
-from worker.inference.pixels import to_array
+from worker.inference.pixels import to_pixels
 
 pytest.importorskip("onnxruntime")
 
@@ -110,7 +110,7 @@ def _loader(calls: list[int]):  # type: ignore[no-untyped-def]
 
 def test_second_start_uses_the_cache_and_scores_the_same(tmp_path: Path, weights: Path) -> None:
     calls: list[int] = []
-    inputs = [to_array(photo(300 + 40 * i, 200, i), SPEC.preprocessing) for i in range(4)]
+    inputs = [to_pixels(photo(300 + 40 * i, 200, i), SPEC.preprocessing) for i in range(4)]
     cold = load_onnx(SPEC, weights, weights_sha256(weights), threads=1, cache_dir=tmp_path, load=_loader(calls))
     warm = load_onnx(SPEC, weights, weights_sha256(weights), threads=1, cache_dir=tmp_path, load=_loader(calls))
     assert calls == [1]  # exported once

@@ -10,7 +10,7 @@ import pytest
 
 from producers import serving
 from producers.cli import add_subcommands
-from producers.contract import ALL_QUEUES, DEFAULT_MODEL, MAX_SERVED_DETECTORS, lanes_for, queue_name
+from producers.contract import ALL_QUEUES, DEFAULT_MODEL, MAX_SERVED_DETECTORS, lanes_for, queue_name, side_lane
 from producers.lanes_cli import run_lanes
 
 
@@ -40,9 +40,25 @@ def test_without_a_model_the_default_lanes_are_printed(monkeypatch: pytest.Monke
 def test_worker_lists_every_lane_a_worker_serving_the_set_consumes() -> None:
     code, out = _run("--model", "c,a,b", "--worker", "--priority", "bulk")
     rows = [line.split("\t") for line in out.splitlines()]
-    assert code == 0 and len(rows) == 7 and {r[1] for r in rows} == {"bulk"}
-    assert {r[0] for r in rows} == {q for q in lanes_for(["a", "b", "c"]) if ".bulk" in q}
-    assert {r[2] for r in rows} == {"a", "b", "c", "a,b", "a,c", "b,c", "a,b,c"}
+    assert code == 0 and len(rows) == 14 and {r[1] for r in rows} == {"bulk"}
+    lanes, sides = rows[:7], rows[7:]  # the lanes first, as before; then their side lanes
+    assert {r[0] for r in lanes} == {q for q in lanes_for(["a", "b", "c"]) if ".bulk" in q}
+    assert {r[2] for r in lanes} == {"a", "b", "c", "a,b", "a,c", "b,c", "a,b,c"}
+    assert sides == [[side_lane(q), lane, d] for q, lane, d in lanes]
+
+
+def test_worker_prints_every_list_a_worker_consumes_side_lanes_included() -> None:
+    """A KEDA trigger per printed queue watches every list the worker's Celery consumer takes from."""
+    from worker.service.celery_app import consumed_lanes
+    from worker.service.settings import WorkerSettings
+
+    settings = WorkerSettings(model={"names": "b-det,a-det"}, batch={"intake": "celery"})
+    code, out = _run("--model", "a-det,b-det", "--worker", "--format", "json")
+    rows = json.loads(out)
+    assert code == 0 and len(rows) == 12
+    assert sorted(r["queue"] for r in rows) == sorted(consumed_lanes(settings))
+    ab = queue_name("interactive", ["a-det", "b-det"])
+    assert {"queue": f"{ab}.side", "lane": "interactive", "detectors": "a-det,b-det"} in rows
 
 
 def test_worker_refuses_more_detectors_than_a_worker_serves(capsys: pytest.CaptureFixture[str]) -> None:

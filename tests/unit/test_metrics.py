@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from prometheus_client import generate_latest
 
-from producers.contract import ALL_QUEUES, DEFAULT_MODEL, MAX_SERVED_DETECTORS, Keys, queue_name
+from producers.contract import ALL_QUEUES, DEFAULT_MODEL, MAX_SERVED_DETECTORS, Keys, queue_name, side_lane
 from tests.support.servers import free_port
 from worker.service.metrics import Metrics, default, lane_of, start_metrics_server
 
@@ -129,10 +129,14 @@ def _default_lane(priority: str) -> dict[str, str]:
     return {"lane": priority, "queue": queue_name(priority), "detectors": DEFAULT_MODEL}
 
 
-def _depths(m: Metrics) -> dict[str, tuple[str, str, float]]:
+def _depths(m: Metrics, family_name: str = "fakesake_queue_depth") -> dict[str, tuple[str, str, float]]:
     """queue -> (lane, detectors, depth) of one scrape."""
-    (family,) = [f for f in m.registry.collect() if f.name == "fakesake_queue_depth"]
+    (family,) = [f for f in m.registry.collect() if f.name == family_name]
     return {s.labels["queue"]: (s.labels["lane"], s.labels["detectors"], s.value) for s in family.samples}
+
+
+def _side_depths(m: Metrics) -> dict[str, tuple[str, str, float]]:
+    return _depths(m, "fakesake_side_lane_depth")
 
 
 def test_the_lanes_of_every_advertised_detector_set_are_read_in_two_round_trips() -> None:
@@ -167,6 +171,41 @@ def test_a_backlog_stays_visible_after_its_workers_go_until_it_drains() -> None:
     assert set(_depths(m)) == set(ALL_QUEUES)  # ... then forgotten
 
 
+def test_side_lanes_are_read_in_the_same_round_trips_and_kept_out_of_queue_depth() -> None:
+    ab = queue_name("bulk", ["a-det", "b-det"])
+    lists = {ALL_QUEUES[0]: 3, side_lane(ALL_QUEUES[0]): 9, side_lane(ALL_QUEUES[1]): 1, side_lane(ab): 4}
+    fake = FakeRedis(lists, ("hash", 2), adverts=["w1 a-det,b-det"])
+    m = Metrics()
+    m.watch_redis(fake)
+    fake.round_trips = 0
+    side, depths = _side_depths(m), _depths(m)
+    assert fake.round_trips == 4  # two scrapes, two round trips each
+    assert set(side) == {side_lane(q) for q in depths}  # one side lane per lane reported, none other
+    assert side[side_lane(ALL_QUEUES[0])] == ("interactive", DEFAULT_MODEL, 9)
+    assert side[side_lane(ALL_QUEUES[1])] == ("bulk", DEFAULT_MODEL, 1)
+    assert side[side_lane(ab)] == ("bulk", "a-det,b-det", 4)
+    assert side[side_lane(queue_name("interactive", ["a-det"]))] == ("interactive", "a-det", 0)
+    assert depths[ALL_QUEUES[0]] == ("interactive", DEFAULT_MODEL, 3)  # follow-ups are not new work
+    assert depths[ab] == ("bulk", "a-det,b-det", 0)
+    assert _value(m, "fakesake_dlq_size") == 2  # the DLQ's reply still comes last
+
+
+def test_a_lane_is_remembered_while_its_side_lane_holds_follow_ups() -> None:
+    ab = queue_name("interactive", ["a-det", "b-det"])
+    fake = FakeRedis({side_lane(ab): 2}, adverts=["w1 a-det,b-det"])
+    m = Metrics()
+    m.watch_redis(fake)
+    assert _side_depths(m)[side_lane(ab)] == ("interactive", "a-det,b-det", 2)
+    fake.adverts = []  # the ensemble Deployment scaled to zero with webhooks still to deliver
+    for _ in range(2):
+        assert _side_depths(m)[side_lane(ab)] == ("interactive", "a-det,b-det", 2)
+        assert _depths(m)[ab] == ("interactive", "a-det,b-det", 0)
+    assert side_lane(queue_name("bulk", ["a-det"])) not in _side_depths(m)  # empty lanes of the set: forgotten
+    fake.lists[side_lane(ab)] = 0
+    assert _side_depths(m)[side_lane(ab)][2] == 0  # reported empty once ...
+    assert set(_side_depths(m)) == {side_lane(q) for q in ALL_QUEUES}  # ... then forgotten
+
+
 def test_a_stray_advert_naming_too_many_detectors_costs_no_lanes() -> None:
     names = ",".join(f"d{i}" for i in range(MAX_SERVED_DETECTORS + 1))
     m = Metrics()
@@ -179,7 +218,7 @@ def test_redis_failure_reports_down_instead_of_failing_the_scrape() -> None:
     m.watch_redis(FakeRedis({}, broken=True))
     text = generate_latest(m.registry).decode()
     assert "fakesake_redis_up 0.0" in text
-    assert _depths(m) == {}
+    assert _depths(m) == {} and _side_depths(m) == {} and _value(m, "fakesake_dlq_size") is None
 
 
 def test_watch_redis_registers_once() -> None:

@@ -1,9 +1,11 @@
-"""The ONNX Runtime backend gives the torch backend's scores (parity <= 1e-4)."""
+"""The ONNX Runtime backend gives the torch backend's scores (parity <= 1e-4) from 8-bit pixels it normalises
+itself, bit for bit as the torch path does."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,8 +14,9 @@ from tests.support.checkpoints import seeded_module, seeded_state, write_snapsho
 from tests.support.images import photo
 from worker.core import registry
 from worker.inference.loader import LoadedDetector
-from worker.inference.onnx_classifier import OnnxClassifier
-from worker.inference.preprocess import to_tensor
+from worker.inference.onnx_classifier import OnnxClassifier, session
+from worker.inference.onnx_export import export_onnx
+from worker.inference.pixels import normalise, to_pixels
 from worker.inference.torch_classifier import TorchClassifier, p_ai
 from worker.service import loading
 from worker.service.settings import WorkerSettings
@@ -30,9 +33,15 @@ def detector() -> LoadedDetector:
 
 
 @pytest.fixture(scope="module")
-def inputs() -> torch.Tensor:
+def inputs() -> list[np.ndarray]:
+    """8-bit pixels, what the ONNX backend is fed."""
     sizes = [(320, 240), (97, 311), (224, 224), (640, 480), (50, 50), (1000, 30)]
-    return torch.stack([to_tensor(photo(w, h, 40 + i), SPEC.preprocessing) for i, (w, h) in enumerate(sizes)])
+    return [to_pixels(photo(w, h, 40 + i), SPEC.preprocessing) for i, (w, h) in enumerate(sizes)]
+
+
+def normalised(inputs: list[np.ndarray]) -> torch.Tensor:
+    """The same inputs as the torch backend is fed them."""
+    return torch.stack([torch.from_numpy(normalise(x, SPEC.preprocessing)) for x in inputs])
 
 
 @pytest.fixture(scope="module")
@@ -40,19 +49,41 @@ def onnx(detector: LoadedDetector) -> OnnxClassifier:
     return OnnxClassifier(detector, threads=2)
 
 
-def test_scores_match_torch(detector: LoadedDetector, onnx: OnnxClassifier, inputs: torch.Tensor) -> None:
-    expected = TorchClassifier(detector, channels_last=False).predict(inputs)
+def test_scores_match_torch(detector: LoadedDetector, onnx: OnnxClassifier, inputs: list[np.ndarray]) -> None:
+    expected = TorchClassifier(detector, channels_last=False).predict(normalised(inputs))
     got = onnx.predict(inputs)
     assert len(got) == len(expected)
     assert max(abs(a - b) for a, b in zip(got, expected, strict=True)) <= TOLERANCE
     assert max(expected) - min(expected) > 0.1  # the seeded model spreads scores: parity is not trivially 0.5
 
 
-def test_batch_invariance_and_empty_batch(onnx: OnnxClassifier, inputs: torch.Tensor) -> None:
+def test_batch_invariance_and_empty_batch(onnx: OnnxClassifier, inputs: list[np.ndarray]) -> None:
     whole = onnx.predict(inputs)
     one_by_one = [onnx.predict([x])[0] for x in inputs]
     assert max(abs(a - b) for a, b in zip(whole, one_by_one, strict=True)) <= TOLERANCE
     assert onnx.predict([]) == []
+    assert onnx.predict(np.stack(inputs)) == whole  # an (N, H, W, 3) array is a batch too
+
+
+@pytest.mark.parametrize("name", ["ffs-mj-5m", "ffs-v2"])  # bilinear 224 and bicubic 384 with CLIP mean/std
+def test_the_graph_normalises_bit_for_bit(name: str) -> None:
+    """The graph's first steps (ToTensor's / 255, Normalize) give the torch path's values exactly: exported in
+    front of an identity and run by ORT with every graph optimisation, on every 8-bit level and a photo."""
+    pre = registry.get(name).preprocessing
+    side = pre.size_px
+    levels = np.resize(np.arange(256, dtype=np.uint8), side * side * 3)
+    every_level = np.random.default_rng(3).permutation(levels).reshape(side, side, 3)
+    batch = np.stack([every_level, to_pixels(photo(300, 200, 1), pre)])
+    (out,) = session(export_onnx(torch.nn.Identity(), pre), threads=2).run(["logits"], {"pixels": batch})
+    assert np.array_equal(out, np.stack([normalise(x, pre) for x in batch]))
+
+
+def test_refuses_float_inputs(onnx: OnnxClassifier, inputs: list[np.ndarray]) -> None:
+    """Normalised floats would be normalised twice: a wrong score without an error, so refused."""
+    with pytest.raises(TypeError, match="8-bit pixels"):
+        onnx.predict(normalised(inputs).numpy())
+    with pytest.raises(TypeError, match="8-bit pixels"):
+        onnx.predict([x.transpose(2, 0, 1) for x in inputs])  # channels first
 
 
 def test_refuses_cuda(detector: LoadedDetector) -> None:

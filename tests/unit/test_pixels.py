@@ -27,14 +27,17 @@ def test_same_values_as_the_torch_path(name: str, width: int, height: int) -> No
     assert float(np.abs(expected).max()) > 1.0  # normalised, not trivially zero
 
 
-@pytest.mark.parametrize("mode", ["exact", "fast"])
-def test_from_bytes_over_the_corpus(mode: str) -> None:
+@pytest.mark.parametrize("mode", ["exact", "fast", "tensor"])
+def test_pixels_from_bytes_over_the_corpus(mode: str) -> None:
+    """The ONNX backend's 8-bit pixels, normalised, are the torch path's input bit for bit, in every mode."""
     pre = registry.get("ffs-mj-5m").preprocessing
     policy = DecodePolicy(mode=mode)  # type: ignore[arg-type]
+    decode = preprocess.pixels_from_bytes if mode == "tensor" else pixels.pixels_from_bytes
     for case in corpus():
-        got = pixels.from_bytes(case.data, policy, pre)
+        got = decode(case.data, policy, pre)
+        assert got.dtype == np.uint8 and got.shape == (pre.size_px, pre.size_px, 3), case
         expected = preprocess.from_bytes(case.data, policy, pre).numpy()
-        assert np.array_equal(got, expected), case
+        assert np.array_equal(pixels.normalise(got, pre), expected), case
 
 
 @pytest.mark.parametrize("name", ["ffs-mj-5m", "ffs-v2"])
@@ -51,12 +54,14 @@ def test_every_8bit_level_normalises_bit_for_bit(name: str) -> None:
     assert np.array_equal(pixels.to_array(img, pre), reference_transform(pre)(img).numpy())
 
 
-def test_bad_input_gets_the_same_code() -> None:
+@pytest.mark.parametrize("mode", ["exact", "tensor"])
+def test_bad_input_gets_the_same_code(mode: str) -> None:
     pre = registry.get("ffs-mj-5m").preprocessing
-    policy = DecodePolicy(max_pixels=10_000)
+    policy = DecodePolicy(max_pixels=10_000, mode=mode)  # type: ignore[arg-type]
+    decode = preprocess.pixels_from_bytes if mode == "tensor" else pixels.pixels_from_bytes
     for data in (b"", b"not an image", truncated(encode(photo(64, 64), "JPEG")), encode(photo(200, 200), "PNG")):
         with pytest.raises(PermanentError) as ours:
-            pixels.from_bytes(data, policy, pre)
+            decode(data, policy, pre)
         with pytest.raises(PermanentError) as theirs:
             preprocess.from_bytes(data, policy, pre)
         assert ours.value.code == theirs.value.code
@@ -67,4 +72,4 @@ def test_rgb_only_and_no_tensor_mode() -> None:
     with pytest.raises(ValueError, match="RGB"):
         pixels.to_array(photo(10, 10).convert("L"), pre)
     with pytest.raises(ValueError, match="tensor"):
-        pixels.from_bytes(encode(photo(10, 10), "JPEG"), DecodePolicy(mode="tensor"), pre)
+        pixels.pixels_from_bytes(encode(photo(10, 10), "JPEG"), DecodePolicy(mode="tensor"), pre)

@@ -1,12 +1,12 @@
 """ONNX graphs cached on disk, so a start-up with known weights neither imports torch/timm nor re-exports.
 
-An entry is named by the sha256 of its :class:`GraphKey`: the weights' sha256 (of the file bytes), every spec
-field that shapes the graph (architecture, head, input size), the opset, the exporter's versions (torch, timm)
-and onnxruntime's, and a format number. Other weights, a new torch or timm, another ORT: another entry, never
-a stale graph. Each entry is two files, ``<digest>.onnx`` and ``<digest>.json`` (the key's fields and the graph's
-sha256). Writes are atomic (a temporary file in the same directory, then ``os.replace``), so concurrent starts
-(engine processes, replicas on one volume) never read half a graph; two processes exporting the same entry at
-once both write it, and the second replace wins with identical content.
+An entry is named by the sha256 of its :class:`GraphKey`: the weights' sha256 (of the file bytes), every spec field
+that shapes the graph (architecture, head, input size, the normalisation's mean and std), the opset, the exporter's
+versions (torch, timm) and onnxruntime's, and a format number. Other weights, a new torch or timm, another ORT:
+another entry, never a stale graph. Each entry is two files, ``<digest>.onnx`` and ``<digest>.json`` (the key's
+fields and the graph's sha256). Writes are atomic (a temporary file in the same directory, then ``os.replace``), so
+concurrent starts (engine processes, replicas on one volume) never read half a graph; two processes exporting the
+same entry at once both write it, and the second replace wins with identical content.
 
 Reading checks the sidecar's key (a mismatch is *stale*) and the graph's sha256 (a mismatch is *corrupt*);
 the caller then builds the ORT session, and a graph ORT refuses is corrupt too. Each case is logged and the
@@ -35,7 +35,7 @@ from worker.core.registry import DetectorSpec
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1  # bump when the export itself changes (input names, dynamic axes, wrapper module)
+FORMAT = 2  # bump when the export itself changes (input names, dynamic axes, wrapper module); 2: 8-bit pixels in
 OPSET = 17  # the opset worker.inference.onnx_export writes (a test checks they agree)
 
 
@@ -62,6 +62,8 @@ class GraphKey:
     hidden: int
     num_classes: int
     size_px: int
+    mean: tuple[float, ...] = ()  # the normalisation the graph starts with
+    std: tuple[float, ...] = ()
     opset: int = OPSET
     torch: str = ""
     timm: str = ""
@@ -79,6 +81,8 @@ class GraphKey:
             hidden=spec.hidden,
             num_classes=spec.num_classes,
             size_px=spec.preprocessing.size_px,
+            mean=tuple(spec.preprocessing.mean),
+            std=tuple(spec.preprocessing.std),
             opset=opset,
             torch=_version("torch"),
             timm=_version("timm"),
@@ -87,7 +91,9 @@ class GraphKey:
 
     @property
     def fields(self) -> dict[str, Any]:
-        return asdict(self)
+        """The key as its JSON sidecar holds it (tuples read back as lists), so a stored key compares equal."""
+        fields: dict[str, Any] = json.loads(json.dumps(asdict(self)))
+        return fields
 
     @property
     def digest(self) -> str:

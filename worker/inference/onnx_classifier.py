@@ -1,11 +1,11 @@
 """ONNX Runtime (CPU) implementation of the ``Classifier`` protocol, exported from the loaded torch module.
 
-Selected with ``FAKESAKE_MODEL__BACKEND=onnx``. The strictly loaded torch module is exported to an ONNX graph
-(fp32, dynamic batch; :mod:`worker.inference.onnx_export`) and an ORT session is built from it, so there is one
-source of weights (the checkpoint). The graph is cached on disk under the weights' sha256
-(:mod:`worker.inference.graph_cache`), and this module imports no torch: a process whose graph is cached runs
-on onnxruntime, Pillow and numpy alone. ``auto`` picks it on CPU whenever onnxruntime is installed; speed
-figures are in ``python -m bench --only knobs``.
+Selected with ``FAKESAKE_MODEL__BACKEND=onnx``. The strictly loaded torch module is exported to an ONNX graph (8-bit
+pixels in, normalised by the graph itself, fp32 inside, dynamic batch; :mod:`worker.inference.onnx_export`) and an
+ORT session is built from it, so there is one source of weights (the checkpoint). The graph is cached on disk under
+the weights' sha256 (:mod:`worker.inference.graph_cache`), and this module imports no torch: a process whose graph
+is cached runs on onnxruntime, Pillow and numpy alone. ``auto`` picks it on CPU whenever onnxruntime is installed;
+speed figures are in ``python -m bench --only knobs``.
 
 Parity (ffs-mj-5m, seeded weights, 48 photo-like JPEGs, exact preprocessing): P(AI) within 1.7e-5 of the
 model card pipeline (2.1e-5 with graph optimisations off; opsets 13/17/18 alike), logits within 1.4e-4. That is
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Names fixed by worker.inference.onnx_export (not imported from there: it imports torch).
-_INPUT, _OUTPUT = "x", "logits"
+_INPUT, _OUTPUT = "pixels", "logits"
 
 
 def export_graph(detector: LoadedDetector) -> bytes:
@@ -43,7 +43,7 @@ def export_graph(detector: LoadedDetector) -> bytes:
     from worker.inference.onnx_export import export_onnx
 
     try:
-        return export_onnx(detector.module.eval(), detector.spec.preprocessing.size_px)
+        return export_onnx(detector.module.eval(), detector.spec.preprocessing)
     except Exception as exc:
         raise ConfigError(f"cannot export {detector.spec.ref} to ONNX: {type(exc).__name__}: {exc}") from exc
 
@@ -65,8 +65,8 @@ def session(graph: bytes, threads: int) -> Any:
 
 class OnnxClassifier:
     """P(AI) per input from an ORT session; the contract of
-    :class:`~worker.inference.torch_classifier.TorchClassifier`. Inputs are numpy arrays
-    (:mod:`worker.inference.pixels`) or torch tensors (:mod:`worker.inference.preprocess`)."""
+    :class:`~worker.inference.torch_classifier.TorchClassifier`, except that inputs are 8-bit pixels, (H, W, 3)
+    uint8 arrays (:func:`worker.inference.pixels.to_pixels`): the graph normalises them itself."""
 
     def __init__(
         self,
@@ -97,22 +97,25 @@ class OnnxClassifier:
             "onnx backend ready for %s (%d bytes of graph, %s threads)", self.spec.ref, len(graph), threads or "auto"
         )
 
-    def predict(self, batch: Sequence[Any]) -> list[float]:
-        """P(AI) for each (3, H, W) input of ``batch`` (or an (N, 3, H, W) array or tensor)."""
+    def predict(self, batch: Sequence[np.ndarray]) -> list[float]:
+        """P(AI) for each (H, W, 3) uint8 input of ``batch`` (or an (N, H, W, 3) array)."""
         if len(batch) == 0:
             return []
-        array = _as_array(batch)
+        array = as_pixels(batch)
         (logits,) = self._session.run([_OUTPUT], {_INPUT: array})
         return p_ai(logits, self.spec.ai_index)
 
 
-def _as_array(batch: Sequence[Any]) -> np.ndarray:
-    if hasattr(batch, "detach"):  # a torch (N, 3, H, W) tensor
-        return np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
-    if isinstance(batch, np.ndarray):
-        return np.ascontiguousarray(batch, dtype=np.float32)
-    items = [x.detach().cpu().numpy() if hasattr(x, "detach") else x for x in batch]
-    return np.ascontiguousarray(np.stack(items), dtype=np.float32)
+def as_pixels(batch: Sequence[np.ndarray]) -> np.ndarray:
+    """``batch`` as one contiguous (N, H, W, 3) uint8 array; TypeError for anything else (a float input would be
+    normalised twice, a silent wrong score)."""
+    array = batch if isinstance(batch, np.ndarray) else np.stack(list(batch))
+    if array.dtype != np.uint8 or array.ndim != 4 or array.shape[-1] != 3:
+        raise TypeError(
+            f"the ONNX backend takes 8-bit pixels, (N, H, W, 3) uint8 (worker.inference.pixels.to_pixels); "
+            f"got {array.dtype} {array.shape}"
+        )
+    return np.ascontiguousarray(array)
 
 
 def p_ai(logits: np.ndarray, ai_index: int) -> list[float]:

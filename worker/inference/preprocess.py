@@ -32,16 +32,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torchvision.io  # noqa: F401  # loads torchvision's image ops (torch.ops.image)
 import torchvision.transforms.functional as F
 import torchvision.transforms.v2.functional as F2
-from PIL import Image
+from PIL import Image, ImageFile
 from torchvision.io import ImageReadMode
 
 from worker.core.registry import Preprocessing
 from worker.inference.imaging import DecodePolicy, load_rgb, open_checked
-from worker.inference.pixels import to_array
+from worker.inference.pixels import to_array, to_pixels
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +62,29 @@ def to_tensor(img: Image.Image, pre: Preprocessing) -> torch.Tensor:
     return torch.from_numpy(to_array(img, pre))
 
 
+def _torch_decodes(img: ImageFile.ImageFile, policy: DecodePolicy, pre: Preprocessing) -> bool:
+    """Whether ``tensor`` mode decodes this (header-checked) image with torchvision rather than Pillow."""
+    torch_path = pre.interpolation == "bilinear" and img.format == "JPEG" and img.mode in _TENSOR_JPEG_MODES
+    return policy.mode == "tensor" and torch_path
+
+
+def pixels_from_bytes(data: bytes, policy: DecodePolicy, pre: Preprocessing) -> np.ndarray:
+    """Decode + resize ``data`` by ``policy.mode`` to (size, size, 3) 8-bit pixels on the CPU: the ONNX backend's
+    input in ``tensor`` mode (its graph normalises, see :mod:`worker.inference.pixels`); the same levels
+    :func:`from_bytes` normalises, and the same error codes."""
+    img = open_checked(data, policy)
+    if _torch_decodes(img, policy, pre) and (decoded := _decode_jpeg(data)) is not None:
+        resized = F2.resize(decoded, [pre.size_px, pre.size_px], antialias=True)
+        hwc: np.ndarray = resized.permute(1, 2, 0).numpy()
+        return hwc
+    return to_pixels(load_rgb(img, policy), pre)
+
+
 def from_bytes(data: bytes, policy: DecodePolicy, pre: Preprocessing, device: str | None = None) -> torch.Tensor:
     """Decode + preprocess ``data`` by ``policy.mode``; raises PermanentError with a code on bad input.
     ``device`` (``tensor`` mode on a GPU): decode and resize there, and return a tensor on it."""
     img = open_checked(data, policy)  # format allow-list, byte/pixel limits and their error codes
-    torch_path = pre.interpolation == "bilinear" and img.format == "JPEG" and img.mode in _TENSOR_JPEG_MODES
-    if policy.mode == "tensor" and torch_path:
+    if _torch_decodes(img, policy, pre):
         if device is not None and device.startswith("cuda"):
             pixels = _decode_jpeg_cuda(data, device)
             if pixels is None and (pixels := _decode_jpeg(data)) is not None:

@@ -161,19 +161,20 @@ def _load_onnx(
 
 
 def cpu_decode(settings: WorkerSettings, spec: DetectorSpec, policy: DecodePolicy) -> Decode:
-    """Bytes -> model input on the CPU for the ONNX backend: numpy (:mod:`worker.inference.pixels`, no torch) in
-    ``exact`` and ``fast`` modes, torchvision's decode in ``tensor`` mode (torch is imported then anyway)."""
+    """Bytes -> the ONNX backend's input on the CPU, 8-bit pixels (its graph normalises): numpy
+    (:mod:`worker.inference.pixels`, no torch) in ``exact`` and ``fast`` modes, torchvision's decode in ``tensor``
+    mode (torch is imported then anyway)."""
     if settings.model.preprocess == "tensor":
         import torch
 
-        from worker.inference.preprocess import from_bytes
+        from worker.inference.preprocess import pixels_from_bytes as tensor_mode_pixels
 
         if settings.model.threads:
             torch.set_num_threads(settings.model.threads)
-        return partial(from_bytes, policy=policy, pre=spec.preprocessing)
+        return partial(tensor_mode_pixels, policy=policy, pre=spec.preprocessing)
     from worker.inference import pixels
 
-    return partial(pixels.from_bytes, policy=policy, pre=spec.preprocessing)
+    return partial(pixels.pixels_from_bytes, policy=policy, pre=spec.preprocessing)
 
 
 def catalog(settings: WorkerSettings) -> Catalog:

@@ -11,8 +11,9 @@ slots' ports (:mod:`worker.service.slots`). Under ``fakesake worker --processes 
 prometheus-client's multiprocess mode and their supervisor serves one merged scrape
 (:mod:`worker.service.supervisor`); the gauges here say how to merge them (``multiprocess_mode``).
 
-Queue depth and DLQ size are read from Redis at scrape time by :class:`RedisDepthCollector` (two pipelined
-round trips), so every worker reports the same, current figures: aggregate them with ``max``, not ``sum``.
+Queue depth (lanes and their side lanes) and DLQ size are read from Redis at scrape time by
+:class:`RedisDepthCollector` (two pipelined round trips), so every worker reports the same, current figures:
+aggregate them with ``max``, not ``sum``.
 No torch here.
 """
 
@@ -30,7 +31,7 @@ from prometheus_client.registry import Collector
 
 from producers import serving
 from producers.connections import text
-from producers.contract import ALL_QUEUES, DEFAULT_MODEL, KEY_PREFIX, Keys, lane_priority
+from producers.contract import ALL_QUEUES, DEFAULT_MODEL, KEY_PREFIX, Keys, lane_priority, side_lane
 
 log = logging.getLogger(__name__)
 
@@ -78,24 +79,28 @@ def lane_of(queue: str) -> str:
 
 
 class RedisDepthCollector(Collector):
-    """Reads every lane's length and the DLQ size from Redis when Prometheus scrapes.
+    """Reads every lane's length, its side lane's and the DLQ size from Redis when Prometheus scrapes.
 
     The lanes: ``queues`` (the default detector's, ``ALL_QUEUES``), every lane of a detector set live workers
     advertise (``Keys.SERVING``, :func:`producers.serving.served_lanes`), and the lanes this collector saw
-    advertised before that still hold jobs (a backlog stays visible after the workers serving it went away; a lane
-    is forgotten once it is empty and unadvertised). Not a ``SCAN`` for ``fakesake.*`` lists: it walks the whole
-    keyspace (results, ledger and idempotency keys: millions) in many round trips per scrape, while the adverts
-    are one small sorted set. A lane nobody ever advertised (a ``queue_anyway`` job for a set no worker serves)
-    is not seen here; KEDA's list triggers name lanes themselves (deploy/README.md).
+    advertised before that still hold jobs or follow-ups (a backlog stays visible after the workers serving it went
+    away; a lane is forgotten once it and its side lane are empty and it is unadvertised). Not a ``SCAN`` for
+    ``fakesake.*`` lists: it walks the whole keyspace (results, ledger and idempotency keys: millions) in many
+    round trips per scrape, while the adverts are one small sorted set. A lane nobody ever advertised (a
+    ``queue_anyway`` job for a set no worker serves) is not seen here; KEDA's list triggers name lanes themselves
+    (deploy/README.md).
 
     Cheap and bounded: two pipelined round trips per scrape, (live adverts, ``TYPE`` of the DLQ key) then
-    (``LLEN`` per lane, the DLQ's size command for the data type the DLQ module chose); at most
-    2 * (2**6 - 1) lanes per advertised set. A Redis error never fails the scrape: it reports
-    ``fakesake_redis_up 0`` and omits the depth samples.
+    (``LLEN`` per lane and per side lane, the DLQ's size command for the data type the DLQ module chose); at most
+    2 * (2**6 - 1) lanes per advertised set, so 4 * (2**6 - 1) ``LLEN``. A Redis error never fails the scrape: it
+    reports ``fakesake_redis_up 0`` and omits the samples of both depth families.
 
     Labels of ``fakesake_queue_depth``: ``lane`` (the priority, as before: ``sum by (lane)`` adds the detector
     sets' lanes up), ``queue`` (the Redis list, what a KEDA trigger's ``listName`` names) and ``detectors`` (the
-    lane's detector set, sorted and comma-separated).
+    lane's detector set, sorted and comma-separated). ``fakesake_side_lane_depth`` has the same labels, ``queue``
+    being the side lane (:func:`producers.contract.side_lane`): a job's follow-ups (retries waiting out a rate
+    limit, webhook deliveries and re-sends), kept out of ``fakesake_queue_depth`` so that it still counts new work
+    only.
     """
 
     _SIZE_COMMAND = {"list": "llen", "zset": "zcard", "hash": "hlen", "set": "scard", "stream": "xlen"}
@@ -114,11 +119,17 @@ class RedisDepthCollector(Collector):
         self._remembered: dict[str, str] = {}  # lanes once advertised that may still hold jobs -> detectors
         self._lock = threading.Lock()  # scrapes may run concurrently (one thread per request)
 
-    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
         return (
             GaugeMetricFamily(
                 f"{NAMESPACE}_queue_depth",
                 "Jobs waiting in a lane's Redis list, by priority (lane), list name (queue) and detector set",
+                labels=["lane", "queue", "detectors"],
+            ),
+            GaugeMetricFamily(
+                f"{NAMESPACE}_side_lane_depth",
+                "Follow-ups (retries, webhook deliveries) waiting in a lane's side lane, by priority (lane), "
+                "side lane list name (queue) and detector set",
                 labels=["lane", "queue", "detectors"],
             ),
             GaugeMetricFamily(f"{NAMESPACE}_dlq_size", "Dead-letter records waiting to be inspected or re-driven"),
@@ -130,7 +141,7 @@ class RedisDepthCollector(Collector):
         return self._families()
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        depth, dlq, up = self._families()
+        depth, side, dlq, up = self._families()
         try:
             pipe = self._client.pipeline(transaction=False)
             serving.request_live(pipe, self._served_max_age_s)
@@ -143,21 +154,31 @@ class RedisDepthCollector(Collector):
             pipe = self._client.pipeline(transaction=False)
             for queue in lanes:
                 pipe.llen(queue)
+            for queue in lanes:
+                pipe.llen(side_lane(queue))
             if command:
                 getattr(pipe, command)(self._dlq_key)
             replies = pipe.execute()
         except Exception as exc:  # any client error: report it as a gauge, never break /metrics
             log.warning("queue depth scrape failed: %s", exc)
             up.add_metric([], 0)
-            return [depth, dlq, up]
-        lengths = dict(zip(lanes, (int(n) for n in replies[: len(lanes)]), strict=True))
+            return [depth, side, dlq, up]
+        n = len(lanes)
+        lengths = dict(zip(lanes, (int(x) for x in replies[:n]), strict=True))
+        side_lengths = dict(zip(lanes, (int(x) for x in replies[n : 2 * n]), strict=True))
         with self._lock:
-            self._remembered = {q: d for q, d in lanes.items() if q in served or (lengths[q] and q not in self._queues)}
+            # A lane with follow-ups left in its side lane stays too: they are that lane's jobs, unfinished.
+            self._remembered = {
+                q: d
+                for q, d in lanes.items()
+                if q in served or ((lengths[q] or side_lengths[q]) and q not in self._queues)
+            }
         for queue, detectors in lanes.items():
             depth.add_metric([lane_of(queue), queue, detectors], lengths[queue])
+            side.add_metric([lane_of(queue), side_lane(queue), detectors], side_lengths[queue])
         dlq.add_metric([], int(replies[-1]) if command else 0)
         up.add_metric([], 1)
-        return [depth, dlq, up]
+        return [depth, side, dlq, up]
 
 
 class Metrics:
@@ -261,8 +282,8 @@ class Metrics:
     def watch_redis(
         self, client: DepthClient, queues: Sequence[str] = ALL_QUEUES, dlq_key: str = Keys.DLQ
     ) -> RedisDepthCollector:
-        """Export queue depth per lane (``queues`` and every served detector set's) and DLQ size read from
-        ``client`` at scrape time (once per Metrics)."""
+        """Export queue depth per lane (``queues`` and every served detector set's), its side lane's depth and DLQ
+        size read from ``client`` at scrape time (once per Metrics)."""
         with self._lock:
             if self._depth is None:
                 self._depth = RedisDepthCollector(client, queues, dlq_key)
