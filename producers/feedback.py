@@ -9,11 +9,13 @@ ids scored by when the label was given. One Lua script writes both, drops entrie
 ``feedback.ttl_s`` and then the oldest past ``feedback.max_per_tenant``: the store is bounded by count and age
 whatever the traffic. Labelling a job again replaces its entry (the latest label wins).
 
-Sources: results store sources redacted (no query string: presigned URLs carry credentials there), so an
-``s3://b/k?versionId=V`` job is stored as ``s3://b/k?<redacted>``. The result also keeps the version that was
-read (``source_version``), so the manifest names ``s3://b/k?versionId=V``: exactly the scored object, even
-after the key was overwritten. An http(s) source whose query was redacted cannot be fetched again; the export
-skips it and counts it.
+Sources: results store sources redacted (:func:`producers.redaction.redact_url`: an http(s) URL loses its query,
+where presigned URLs carry credentials; an ``s3://`` URI keeps its ``?`` and ``#``, which belong to the key or
+its ``?versionId=V`` suffix). The result also keeps the version that was read (``source_version``), so the
+manifest names ``s3://b/k?versionId=V``: exactly the scored object, even after the key was overwritten. Results
+stored before S3 URIs were kept whole hold ``s3://b/k?<redacted>``: with a version the object is still named,
+without one it is lost. An http(s) source whose query was redacted cannot be fetched again; the export skips it
+and counts it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import IO, Any, cast
 
 from producers import wire
 from producers.connections import redis_errors, text
-from producers.contract import FeedbackRecord, JobResult, Keys, Label
+from producers.contract import FeedbackRecord, JobResult, Keys, Label, split_s3_version
 from producers.errors import ErrorCode, PermanentError, TransientError
 from producers.ids import check_ids
 from producers.redaction import REDACTED
@@ -63,10 +65,11 @@ def manifest_source(record: FeedbackRecord) -> str | None:
     source = record.source
     redacted = source.endswith("?" + REDACTED)
     if source[:5].lower() == "s3://":
-        base = source.removesuffix("?" + REDACTED)
         if redacted and record.source_version is None:
-            return None  # the query was not a version: which object it named is lost
-        return base if record.source_version is None else f"{base}?versionId={record.source_version}"
+            return None  # stored by an older version, which redacted S3 queries: which object it named is lost
+        base, submitted_version = split_s3_version(source.removesuffix("?" + REDACTED))
+        version = record.source_version or submitted_version
+        return base if version is None else f"{base}?versionId={version}"
     return None if redacted else source
 
 

@@ -2,7 +2,9 @@
 
 Presigned S3/GCS URLs carry their signature (a bearer credential) in the query string and ``user:pass@``
 puts a password in the authority, so every log line, error message, stored result and Celery ``argsrepr``
-shows sources through :func:`redact_url`. Standard library only: producers use it without the worker.
+shows sources through :func:`redact_url`. ``s3://`` URIs keep their ``?`` and ``#``: S3 keys may contain them
+(:func:`producers.contract.split_s3_version`), and they carry no credential there. Standard library only:
+producers use it without the worker.
 """
 
 from __future__ import annotations
@@ -18,6 +20,12 @@ def redact_url(url: str, limit: int = 512) -> str:
     urls = str(url).split(";")
     if len(urls) > 1 and all("://" in u for u in urls):  # a URL list (Sentinel): each part has its own userinfo
         text = ";".join(redact_url(u, limit) for u in urls)
+        return text if len(text) <= limit else text[: limit - 3] + "..."
+    scheme, sep, rest = str(url).partition("://")
+    if sep and scheme.lower() == "s3":
+        # An S3 URI's "?" and "#" are part of the key (or its ?versionId=V suffix, no secret): only userinfo goes.
+        bucket, slash, key = rest.partition("/")
+        text = f"{scheme}://{bucket.rpartition('@')[2]}{slash}{key}"
         return text if len(text) <= limit else text[: limit - 3] + "..."
     try:
         parts = urlsplit(url)

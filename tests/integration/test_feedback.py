@@ -54,10 +54,10 @@ def test_feedback_round_trips_from_stored_results_to_a_manifest_and_into_eval(
     quick_scoring_env(monkeypatch)
     producer = Producer(ProducerSettings(redis=RedisSettings(url=redis_url), tenant="acme"))
     proc = processor(WorkerSettings(s3=s3_settings(s3_srv.endpoint_url)), client)
-    # The old version named in the URI (stored redacted: s3://b/k?<redacted>), and the latest (unnamed)
+    # The old version named in the URI (an S3 URI is stored whole: s3://b/k?versionId=V), and the latest (unnamed)
     old = run_to_the_end(proc, producer.build_job(versioned.uri(versioned.old)))
     new = run_to_the_end(proc, producer.build_job(versioned.uri()))
-    assert old.source.endswith("?<redacted>") and (old.source_version, new.source_version) == (
+    assert old.source == versioned.uri(versioned.old) and (old.source_version, new.source_version) == (
         versioned.old,
         versioned.new,
     )

@@ -38,7 +38,8 @@ def record(source: str, version: str | None = None, label: Label = Label.AI) -> 
         ("s3://b/k.jpg?versionId=V1", "V1", "s3://b/k.jpg?versionId=V1"),
         ("s3://b/k.jpg", "V2", "s3://b/k.jpg?versionId=V2"),  # pinned to what was scored, not the latest
         ("s3://b/k.jpg", None, "s3://b/k.jpg"),  # an unversioned bucket
-        ("s3://b/what?.jpg", None, None),  # a '?' in the key was redacted away, and no version says what it was
+        ("s3://b/what?.jpg", None, "s3://b/what?.jpg"),  # a '?' in an S3 key is kept: the key is named whole
+        ("s3://b/k.jpg?versionId=V1?versionId=V3", "V3", "s3://b/k.jpg?versionId=V1?versionId=V3"),  # key ends so
         ("https://cdn.example/a.jpg", None, "https://cdn.example/a.jpg"),
         ("https://cdn.example/a.jpg?X-Amz-Signature=abc", None, None),  # presigned: cannot be fetched again
     ],
@@ -47,6 +48,15 @@ def test_a_manifest_names_the_scored_object_or_nothing(
     submitted: str, scored_version: str | None, manifest: str | None
 ) -> None:
     assert manifest_source(record(submitted, scored_version)) == manifest
+
+
+@pytest.mark.parametrize(("version", "manifest"), [("V1", "s3://b/k.jpg?versionId=V1"), (None, None)])
+def test_results_stored_with_a_redacted_s3_query_still_name_their_version(
+    version: str | None, manifest: str | None
+) -> None:
+    """Results stored before S3 URIs were kept whole end in ``?<redacted>``: the scored version names the object."""
+    stored = record("s3://b/k.jpg", version).model_copy(update={"source": "s3://b/k.jpg?<redacted>"})
+    assert manifest_source(stored) == manifest
 
 
 def test_manifest_rows_read_back_as_eval_inputs(tmp_path: Path) -> None:

@@ -37,9 +37,11 @@ def test_key_names_everything_the_graph_depends_on() -> None:
         replace(KEY, timm="9.9").digest,
         replace(KEY, onnxruntime="9.9").digest,
         replace(KEY, opset=18).digest,
+        replace(KEY, mean=(0.5, 0.5, 0.5)).digest,
+        replace(KEY, format=1).digest,
         GraphKey.of(registry.get("ffs-v2"), "ab" * 32).digest,
     }
-    assert len(digests) == 9
+    assert len(digests) == 11
     assert GraphKey.of(SPEC, "ab" * 32).digest == KEY.digest  # stable
 
 
@@ -49,6 +51,24 @@ def test_store_then_load_leaves_no_partial_files(tmp_path: Path) -> None:
     assert cache.store(KEY, b"graph bytes")
     assert cache.load(KEY) == b"graph bytes"
     assert sorted(p.suffix for p in (tmp_path / "c").iterdir()) == [".json", ".onnx"]
+
+
+def test_an_upgrade_removes_the_entries_it_supersedes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A new torch/timm/onnxruntime/opset/format for the same model replaces its entry; other models' stay."""
+    cache = GraphCache(tmp_path)
+    older = [replace(KEY, torch="2.0.0"), replace(KEY, format=1), replace(KEY, onnxruntime="1.0", opset=13)]
+    others = [replace(KEY, weights_sha256="cd" * 32), GraphKey.of(registry.get("ffs-v2"), "ab" * 32)]
+    for i, key in enumerate(older + others):  # each stored alone (storing one supersedes the others)
+        assert GraphCache(tmp_path / f"one{i}").store(key, key.digest.encode())
+        for path in (tmp_path / f"one{i}").glob("*.*"):
+            path.rename(tmp_path / path.name)
+    (tmp_path / "notes.json").write_text("{}")  # not an entry: left alone
+    with caplog.at_level(logging.INFO, logger="worker.inference.graph_cache"):
+        assert cache.store(KEY, b"graph")
+    left = {p.name for p in tmp_path.iterdir() if p.is_file()}
+    assert left == {"notes.json"} | {f"{k.digest}{ext}" for k in [KEY, *others] for ext in (".onnx", ".json")}
+    assert all(cache.load(k) == k.digest.encode() for k in others) and cache.load(KEY) == b"graph"
+    assert caplog.text.count("superseded by") == len(older)
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,10 @@ PRESIGNED = (
         (PRESIGNED, "https://bucket.s3.amazonaws.com/k/a.jpg?<redacted>"),
         ("http://user:pw@host:8080/p?q=1", "http://host:8080/p?<redacted>"),
         ("s3://bucket/key.jpg", "s3://bucket/key.jpg"),
+        # S3 keys may hold "?", "#", "&" and "=" (no credential lives there): shown whole, as the fetcher reads them
+        ("s3://bucket/in/a?b#c&d=e.jpg", "s3://bucket/in/a?b#c&d=e.jpg"),
+        ("s3://bucket/k.jpg?versionId=3HL4kqtJlcpXroDTDmJ", "s3://bucket/k.jpg?versionId=3HL4kqtJlcpXroDTDmJ"),
+        ("S3://u:pw@bucket/k?x", "S3://bucket/k?x"),
         ("http://user:pw@[::1/x?sig=1", "http://[::1/x"),  # unparseable: cut by hand, credentials dropped
         ("/data/in/a b.jpg", "/data/in/a b.jpg"),  # plain paths are shown as they are
     ],

@@ -13,20 +13,37 @@ from pathlib import Path
 import pytest
 
 from worker.service import supervisor
-from worker.service.supervisor import FleetCollector, Supervisor, child_argv, metrics_directory, take_processes
+from worker.service.slots import SlotPlan
+from worker.service.supervisor import (
+    FleetCollector,
+    HeartbeatWatch,
+    Supervisor,
+    child_argv,
+    metrics_directory,
+    take_processes,
+)
 
 # A stand-in child: writes its pid to $OUT/<index>.pid (index from --hostname=fakesake<k>@..), exits 0 on
 # SIGTERM, and exits with $EXIT_CODE at once when that is set.
 CHILD = textwrap.dedent(
     """
-    import os, signal, sys, time
+    import json, os, signal, sys, time
     if os.environ.get("EXIT_CODE"):
         sys.exit(int(os.environ["EXIT_CODE"]))
     index = next(a for a in sys.argv if a.startswith("--hostname=")).split("fakesake")[1].split("@")[0]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with open(os.path.join(os.environ["OUT"], index + ".pid"), "a") as f:
         f.write(f"{os.getpid()}\\n")
+    beat = os.environ.get("HEARTBEAT")  # as a worker beats: slot k's file, replaced atomically (here slot = index)
+    path = None if not beat else beat if index == "0" else f"{beat}-{index}"
     while True:
+        wedged = os.path.exists(os.path.join(os.environ["OUT"], "wedge-" + index))
+        if path and not wedged:
+            now = time.time()
+            snapshot = {"pid": os.getpid(), "last_heartbeat": now, "model_loaded": True, "redis_ok_at": now}
+            with open(path + ".tmp", "w") as f:
+                json.dump(snapshot, f)
+            os.replace(path + ".tmp", path)
         time.sleep(0.05)
     """
 )
@@ -77,7 +94,7 @@ def _until(check: object, timeout_s: float = 30) -> None:
         time.sleep(0.05)
 
 
-def _supervisor(tmp_path: Path, **env: str) -> Supervisor:
+def _supervisor(tmp_path: Path, watch: HeartbeatWatch | None = None, **env: str) -> Supervisor:
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     return Supervisor(
@@ -86,6 +103,10 @@ def _supervisor(tmp_path: Path, **env: str) -> Supervisor:
         {**os.environ, "OUT": str(tmp_path), **env},
         metrics_dir=tmp_path / "metrics",
         command=[sys.executable, str(script), "--"],
+        watch=watch,
+        liveness_grace_s=1.0,
+        start_grace_s=3.0,
+        health_every_s=0.1,
     )
 
 
@@ -112,6 +133,55 @@ def test_a_killed_child_is_restarted_and_stop_ends_all(tmp_path: Path) -> None:
         runner.join(timeout=30)
     assert codes == [0]
     assert all(c.proc is not None and c.proc.returncode == 0 for c in sup.children)  # each stopped by SIGTERM
+
+
+def _gauges(sup: Supervisor, name: str) -> dict[str, float]:
+    collected = {m.name: m for m in FleetCollector(sup.children).collect()}
+    return {s.labels["process"]: s.value for s in collected[name].samples}
+
+
+def test_a_wedged_child_is_killed_and_restarted_the_others_left_alone(tmp_path: Path) -> None:
+    """A child that stops beating (alive, but its heartbeat goes stale) is killed once the grace has passed, and
+    restarted; a healthy one is not touched. The live/ready gauges follow each child's heartbeat."""
+    (tmp_path / "metrics").mkdir()
+    beat = tmp_path / "hb"
+    watch = HeartbeatWatch(SlotPlan(0, 0, str(beat), slots=2), max_age_s=0.5)
+    sup = _supervisor(tmp_path, watch, HEARTBEAT=str(beat))
+    runner = threading.Thread(target=sup.run, kwargs={"poll_s": 0.05})
+    runner.start()
+    try:
+        _until(lambda: _gauges(sup, "fakesake_worker_process_live") == {"0": 1, "1": 1})
+        assert _gauges(sup, "fakesake_worker_process_ready") == {"0": 1, "1": 1}
+        first_of_1, only_of_0 = _pids(tmp_path, 1)[0], _pids(tmp_path, 0)
+        (tmp_path / "wedge-1").touch()  # child 1 stops beating but keeps running
+        _until(lambda: _gauges(sup, "fakesake_worker_process_live")["1"] == 0)
+        _until(lambda: sup.children[1].unresponsive_kills == 1)  # after the 1 s grace
+        (tmp_path / "wedge-1").unlink()  # its successor beats again
+        _until(lambda: len(_pids(tmp_path, 1)) == 2)
+        with pytest.raises(ProcessLookupError):
+            os.kill(first_of_1, 0)  # the wedged one is gone
+        _until(lambda: _gauges(sup, "fakesake_worker_process_live") == {"0": 1, "1": 1})
+        assert _gauges(sup, "fakesake_worker_process_unresponsive_kills") == {"0": 0, "1": 1}
+        assert sup.children[1].restarts == 1 and _pids(tmp_path, 0) == only_of_0 and sup.children[0].restarts == 0
+    finally:
+        sup.stop()
+        runner.join(timeout=30)
+
+
+def test_a_child_that_never_beats_is_killed_after_the_start_grace(tmp_path: Path) -> None:
+    (tmp_path / "metrics").mkdir()
+    watch = HeartbeatWatch(SlotPlan(0, 0, str(tmp_path / "hb"), slots=2), max_age_s=0.5)
+    sup = _supervisor(tmp_path, watch)  # no HEARTBEAT: the children never write one
+    runner = threading.Thread(target=sup.run, kwargs={"poll_s": 0.05})
+    started = time.monotonic()
+    runner.start()
+    try:
+        _until(lambda: len(_pids(tmp_path, 0)) == 2 and len(_pids(tmp_path, 1)) == 2)
+        assert time.monotonic() - started >= 3.0  # not before the start grace
+        assert _gauges(sup, "fakesake_worker_process_unresponsive_kills") == {"0": 1, "1": 1}
+    finally:
+        sup.stop()
+        runner.join(timeout=30)
 
 
 def test_a_child_that_cannot_start_ends_the_supervisor_with_2(tmp_path: Path) -> None:

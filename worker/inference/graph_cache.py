@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 FORMAT = 2  # bump when the export itself changes (input names, dynamic axes, wrapper module); 2: 8-bit pixels in
 OPSET = 17  # the opset worker.inference.onnx_export writes (a test checks they agree)
+#: Key fields that name the exporter and runtime, not the model: an entry differing only in these is superseded.
+_VERSION_FIELDS = frozenset({"opset", "torch", "timm", "onnxruntime", "format"})
 
 
 def default_cache_dir() -> Path:
@@ -157,7 +159,28 @@ class GraphCache:
             log.warning("cannot write ONNX graph cache entry in %s (%s); the next start exports again", self.root, exc)
             return False
         log.info("cached ONNX graph for %s (%d bytes) at %s", key.arch, len(graph), graph_path)
+        self._drop_superseded(key)
         return True
+
+    def _drop_superseded(self, key: GraphKey) -> None:
+        """Remove the entries ``key`` replaces: the same model (weights, architecture, input, normalisation) from
+        another torch, timm, onnxruntime, opset or cache format. After an upgrade nothing reads them again, and
+        each holds the model's fp32 weights (~17 MB for a 5M model, ~0.8 GB for a 200M one). Two versions of
+        fakesake sharing one cache directory would each remove the other's entry and export again at its start."""
+        model = {k: v for k, v in key.fields.items() if k not in _VERSION_FIELDS}
+        for meta_path in self.root.glob("*.json"):
+            if meta_path.stem == key.digest:
+                continue
+            try:
+                other = json.loads(meta_path.read_text(encoding="utf-8"))["key"]
+                same_model = all(other[k] == v for k, v in model.items())
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # not an entry of ours, or one being written: leave it
+            if same_model:
+                log.info("removing ONNX graph cache entry %s: superseded by %s", meta_path.stem, key.digest)
+                for path in (meta_path.with_suffix(".onnx"), meta_path):
+                    with contextlib.suppress(OSError):
+                        path.unlink(missing_ok=True)
 
     def discard(self, key: GraphKey, why: str) -> None:
         """Remove ``key``'s entry, logging why; it is exported again."""

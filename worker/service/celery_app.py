@@ -422,21 +422,26 @@ def _supervise(settings: WorkerSettings, processes: int, extra: list[str]) -> in
     """``--processes N``: N worker processes under one supervisor (:mod:`worker.service.supervisor`)."""
     from producers.connections import redis_from_settings
     from worker.service import supervisor
+    from worker.service.slots import SlotPlan
 
     if processes > settings.metrics.slots:
         report_start_failure(
             ConfigError(f"--processes {processes} needs as many worker slots; raise FAKESAKE_METRICS__SLOTS")
         )
         return EXIT_START_FAILED
+    m = settings.metrics
+    plan = SlotPlan(m.port, m.health_port, m.heartbeat_file, m.slots)
+    watch = supervisor.HeartbeatWatch(plan, m.heartbeat_max_age_s) if plan.slot(0).heartbeat_file else None
     client = redis_from_settings(settings.redis)
     try:
         ping_redis(client, settings.redis.url)
         return supervisor.run_supervisor(
             processes,
             extra,
-            metrics_port=settings.metrics.port,
-            bind_host=settings.metrics.bind_host,
+            metrics_port=m.port,
+            bind_host=m.bind_host,
             redis_client=client,
+            watch=watch,
         )
     except Exception as exc:
         report_start_failure(exc)

@@ -16,12 +16,18 @@ The supervisor runs no job and loads no model (no torch here). It starts N child
 - restarts a child that exits while the supervisor is not stopping (a crash, a SIGKILL, a stalled consumer's
   exit 70), after a backoff that grows while children keep dying young. A child that exits 2 (it cannot start:
   configuration, Redis unreachable at start) ends the supervisor with 2 as well: a restart would fail alike;
+- watches every child's heartbeat file (:class:`HeartbeatWatch`; a child's own ``/livez`` judges the same
+  snapshot) and kills one that stopped being live for :data:`LIVENESS_GRACE_S` (or never became live within
+  :data:`START_GRACE_S` of its start), so that it is restarted: a process wedged too deep to end itself. The
+  pod's probes ask slot 0 only; this covers every slot, and ``fakesake_worker_process_live`` / ``_ready`` show
+  each child;
 - forwards SIGTERM/SIGINT to every child (Celery's warm shutdown: running jobs finish, unacked ones return to
   the queue) and exits once all have stopped.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -37,6 +43,8 @@ from pathlib import Path
 from typing import Any
 
 from producers.errors import ConfigError
+from worker.service.health import judge
+from worker.service.slots import SlotPlan
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +54,13 @@ EXIT_START_FAILED = 2  # runtime.EXIT_START_FAILED, not imported: runtime pulls 
 YOUNG_S = 30.0  # a child that dies younger than this counts towards the restart backoff
 BACKOFF_MAX_S = 30.0
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+#: A child whose heartbeat says "not live" this long after it was last live is killed (and restarted): what the
+#: deploy files' liveness probe allows slot 0 (4 failures 15 s apart).
+LIVENESS_GRACE_S = 60.0
+#: A starting child (imports, model load, CUDA init) has this long to beat first: the startup probe's 2 min, plus
+#: room for a supervisor that starts all children at once on a busy host.
+START_GRACE_S = 180.0
+HEALTH_EVERY_S = 5.0  # how often the heartbeat files are read
 
 
 def take_processes(argv: list[str]) -> tuple[int, list[str]]:
@@ -108,6 +123,39 @@ class Child:
     restarts: int = 0
     young_deaths: int = 0  # deaths in a row, each younger than YOUNG_S: the restart backoff grows with them
     due_at: float = 0.0  # when a dead child is started again
+    live: bool = False  # what its heartbeat said at the last look (HeartbeatWatch)
+    ready: bool = False
+    live_at: float = 0.0  # monotonic time its heartbeat last said live (before started_at: not since its start)
+    unresponsive_kills: int = 0
+
+
+class HeartbeatWatch:
+    """The children's heartbeat snapshots, found by pid in every slot's heartbeat file (a child takes the first
+    free slot, which need not be its index), judged as the children's own probes judge them."""
+
+    def __init__(self, plan: SlotPlan, max_age_s: float) -> None:
+        self.plan, self.max_age_s = plan, max_age_s
+
+    def snapshots(self) -> dict[int, dict[str, Any]]:
+        """pid -> its latest snapshot, over every slot's heartbeat file (unreadable or absent ones skipped)."""
+        found: dict[int, dict[str, Any]] = {}
+        for slot in self.plan.all():
+            if slot.heartbeat_file is None:
+                continue
+            try:
+                snapshot = json.loads(slot.heartbeat_file.read_text())
+            except (OSError, ValueError):
+                continue  # not written yet, or being replaced (writes are atomic: a retry sees it whole)
+            if isinstance(snapshot, dict) and isinstance(snapshot.get("pid"), int):
+                found[snapshot["pid"]] = snapshot
+        return found
+
+    def judge(self, snapshot: dict[str, Any] | None, now: float) -> tuple[bool, bool, str]:
+        """(live, ready, why not live) for one child's snapshot (None: it has written none)."""
+        if snapshot is None:
+            return False, False, "no heartbeat file names its pid"
+        live, why = judge(snapshot, "live", self.max_age_s, now)
+        return live, live and judge(snapshot, "ready", self.max_age_s, now)[0], why
 
 
 class FleetCollector:
@@ -128,18 +176,36 @@ class FleetCollector:
             labels=["process"],
         )
         up = GaugeMetricFamily("fakesake_worker_process_up", "1 while the worker process runs", labels=["process"])
+        live = GaugeMetricFamily(
+            "fakesake_worker_process_live",
+            "1 if the process's heartbeat said live at the last look",
+            labels=["process"],
+        )
+        ready = GaugeMetricFamily(
+            "fakesake_worker_process_ready",
+            "1 if the process's heartbeat said ready (model loaded, Redis answering) at the last look",
+            labels=["process"],
+        )
         restarts = CounterMetricFamily(
             "fakesake_worker_process_restarts", "Times the supervisor restarted a worker process", labels=["process"]
+        )
+        kills = CounterMetricFamily(
+            "fakesake_worker_process_unresponsive_kills",
+            "Times the supervisor killed a worker process whose heartbeat stopped saying live",
+            labels=["process"],
         )
         for child in self._children:
             label = [str(child.index)]
             alive = child.proc is not None and child.proc.poll() is None
             up.add_metric(label, 1 if alive else 0)
+            live.add_metric(label, 1 if alive and child.live else 0)
+            ready.add_metric(label, 1 if alive and child.ready else 0)
             restarts.add_metric(label, child.restarts)
+            kills.add_metric(label, child.unresponsive_kills)
             size = resident_bytes(child.proc.pid) if alive and child.proc is not None else None
             if size is not None:
                 rss.add_metric(label, size)
-        return [rss, up, restarts]
+        return [rss, up, live, ready, restarts, kills]
 
 
 class Supervisor:
@@ -153,8 +219,15 @@ class Supervisor:
         *,
         metrics_dir: Path,
         command: list[str] | None = None,
+        watch: HeartbeatWatch | None = None,
+        liveness_grace_s: float = LIVENESS_GRACE_S,
+        start_grace_s: float = START_GRACE_S,
+        health_every_s: float = HEALTH_EVERY_S,
     ) -> None:
         self.children = [Child(k) for k in range(processes)]
+        self.watch = watch
+        self.liveness_grace_s, self.start_grace_s, self.health_every_s = liveness_grace_s, start_grace_s, health_every_s
+        self._health_due = 0.0
         self.argv = argv
         self.metrics_dir = metrics_dir
         self.env = {**env, MULTIPROC_ENV: str(metrics_dir)}
@@ -182,6 +255,9 @@ class Supervisor:
         while not self._stopping.is_set():
             for child in self.children:
                 self._watch(child)
+            if self.watch is not None and time.monotonic() >= self._health_due:
+                self._health_due = time.monotonic() + self.health_every_s
+                self._check_heartbeats(self.watch)
             self._stopping.wait(poll_s)
         for child in self.children:
             if child.proc is not None:
@@ -209,6 +285,33 @@ class Supervisor:
         backoff = min(BACKOFF_MAX_S, 2.0 ** (child.young_deaths - 1)) if child.young_deaths else 0.0
         log.warning("worker process %d exited with %s; restarting in %.0f s", child.index, code, backoff)
         child.proc, child.due_at = None, now + backoff
+
+    def _check_heartbeats(self, watch: HeartbeatWatch) -> None:
+        """Record each running child's live/ready; kill one not live for too long (:meth:`_watch` restarts it)."""
+        snapshots, now, wall = watch.snapshots(), time.monotonic(), time.time()
+        for child in self.children:
+            if child.proc is None or child.proc.poll() is not None:
+                child.live = child.ready = False
+                continue
+            child.live, child.ready, why = watch.judge(snapshots.get(child.proc.pid), wall)
+            if child.live:
+                child.live_at = now
+                continue
+            since_live = child.live_at >= child.started_at
+            deadline = child.live_at + self.liveness_grace_s if since_live else child.started_at + self.start_grace_s
+            if now < deadline or self._stopping.is_set():
+                continue
+            log.error(
+                "worker process %d (pid %d) %s (%s); killing it to start a fresh one",
+                child.index,
+                child.proc.pid,
+                f"not live for {now - child.live_at:.0f} s"
+                if since_live
+                else f"never live in {now - child.started_at:.0f} s",
+                why,
+            )
+            child.unresponsive_kills += 1
+            child.proc.kill()
 
     def _dead(self, child: Child) -> None:
         from prometheus_client import multiprocess
@@ -252,14 +355,25 @@ def serve_metrics(supervisor: Supervisor, port: int, host: str, redis_client: An
     return server
 
 
-def run_supervisor(processes: int, argv: list[str], *, metrics_port: int, bind_host: str, redis_client: Any) -> int:
-    """``fakesake worker --processes N``: supervise N workers until SIGTERM/SIGINT; the exit code."""
+def run_supervisor(
+    processes: int,
+    argv: list[str],
+    *,
+    metrics_port: int,
+    bind_host: str,
+    redis_client: Any,
+    watch: HeartbeatWatch | None = None,
+) -> int:
+    """``fakesake worker --processes N``: supervise N workers until SIGTERM/SIGINT; the exit code. ``watch``: the
+    children's heartbeat files (None when heartbeat files are off: then their liveness is not watched)."""
     env = dict(os.environ)
     metrics_dir, made = metrics_directory(env)
     if metrics_port:
         env["FAKESAKE_METRICS__PORT"] = "0"  # the supervisor serves the one scrape; children serve health only
     env.update(thread_budget(env, processes, os.cpu_count() or 1))
-    supervisor = Supervisor(processes, argv, env, metrics_dir=metrics_dir)
+    if watch is None:
+        log.warning("no heartbeat file (FAKESAKE_METRICS__HEARTBEAT_FILE empty): a wedged worker process is not killed")
+    supervisor = Supervisor(processes, argv, env, metrics_dir=metrics_dir, watch=watch)
     server = None
     try:
         if metrics_port:
