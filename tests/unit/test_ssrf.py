@@ -265,7 +265,7 @@ def test_refusal_messages_never_carry_the_query_or_credentials() -> None:
         ("https://user:secret@example.com/a.jpg", "https://example.com/a.jpg"),
         ("http://example.com/a.jpg#frag", "http://example.com/a.jpg"),
         ("http://example.com/a.jpg", "http://example.com/a.jpg"),
-        ("s3://bucket/key.jpg?versionId=1", "s3://bucket/key.jpg?<redacted>"),
+        ("s3://bucket/key.jpg?versionId=1", "s3://bucket/key.jpg?versionId=1"),  # an S3 URI keeps its key and version
         ("http://[::1/?token=x", "http://[::1/"),
         ("/plain/path.jpg", "/plain/path.jpg"),
     ],
