@@ -19,14 +19,12 @@ def redact_url(url: str, limit: int = 512) -> str:
     there), no fragment. Never raises; long results are cut to ``limit`` characters."""
     urls = str(url).split(";")
     if len(urls) > 1 and all("://" in u for u in urls):  # a URL list (Sentinel): each part has its own userinfo
-        text = ";".join(redact_url(u, limit) for u in urls)
-        return text if len(text) <= limit else text[: limit - 3] + "..."
+        return _cut(";".join(redact_url(u, limit) for u in urls), limit)
     scheme, sep, rest = str(url).partition("://")
     if sep and scheme.lower() == "s3":
         # An S3 URI's "?" and "#" are part of the key (or its ?versionId=V suffix, no secret): only userinfo goes.
         bucket, slash, key = rest.partition("/")
-        text = f"{scheme}://{bucket.rpartition('@')[2]}{slash}{key}"
-        return text if len(text) <= limit else text[: limit - 3] + "..."
+        return _cut(f"{scheme}://{bucket.rpartition('@')[2]}{slash}{key}", limit)
     try:
         parts = urlsplit(url)
         netloc = parts.netloc.rpartition("@")[2]
@@ -39,4 +37,8 @@ def redact_url(url: str, limit: int = 512) -> str:
             text = f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"
         else:
             text = text.rpartition("@")[2]
+    return _cut(text, limit)
+
+
+def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."

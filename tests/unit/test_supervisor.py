@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -212,3 +213,18 @@ def test_worker_refuses_a_bad_process_count_with_one_line(
     assert run_worker(argv) == supervisor.EXIT_START_FAILED
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("fakesake: config:") and says in err[0]
+
+
+def test_the_watch_finds_each_child_by_pid_in_any_slot_and_skips_what_it_cannot_read(tmp_path: Path) -> None:
+    """A restarted child may sit in another slot than its index: found by pid. An absent, damaged or non-object
+    file is skipped (no child found there), never an error."""
+    base = tmp_path / "hb"
+    watch = HeartbeatWatch(SlotPlan(0, 0, str(base), slots=4), max_age_s=30)
+    now = time.time()
+    (tmp_path / "hb").write_text("{half a snapshot")  # slot 0: damaged
+    (tmp_path / "hb-1").write_text("[1, 2]")  # slot 1: not an object; slot 2: absent
+    (tmp_path / "hb-3").write_text(json.dumps({"pid": 4242, "last_heartbeat": now - 40, "model_loaded": True}))
+    found = watch.snapshots()
+    assert list(found) == [4242]
+    assert watch.judge(found[4242], now)[:2] == (False, False) and "40.0s old" in watch.judge(found[4242], now)[2]
+    assert watch.judge(None, now) == (False, False, "no heartbeat file names its pid")

@@ -4,8 +4,9 @@
 Normalize(mean, std)])`` on the PIL image (timm's eval transform with ``crop_mode="squash"``,
 ``crop_pct=1.0`` is the same thing for the 2.0 model). The resize is Pillow's (antialiased), as torchvision's
 ``Resize`` does for a PIL image, and the arithmetic is the same: ``uint8 -> float32 / 255``, then
-``(x - mean) / std`` in float32, looked up per 8-bit level (:mod:`worker.inference.pixels`, which this path
-shares); the values are identical (tests assert it against torchvision's ``Compose``).
+``(x - mean) / std`` in float32 (:mod:`worker.inference.pixels`, which this path shares); the values are identical
+(tests assert it against torchvision's ``Compose``). :func:`pixels_from_bytes` stops before the normalisation:
+the ONNX backend's input in ``tensor`` mode, whose graph normalises.
 
 ``tensor`` (opt-in, ``model.preprocess=tensor``): plain JPEGs (Pillow mode RGB or L, bilinear models) are
 decoded by libjpeg-turbo through torchvision (pixel-identical to Pillow's decode: same library, same

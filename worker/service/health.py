@@ -368,14 +368,27 @@ def check(
         return _check_url(url, timeout_s)
     assert file is not None
     try:
+        snapshot = read_heartbeat(file)
+    except UnreadableHeartbeat as exc:
+        return False, str(exc)
+    return judge(snapshot, kind, max_age_s, time.time() if now is None else now)
+
+
+class UnreadableHeartbeat(ValueError):
+    """A heartbeat file that is absent, unreadable or not a snapshot; the message says which."""
+
+
+def read_heartbeat(file: str | Path) -> dict[str, Any]:
+    """The snapshot a heartbeat file holds (:func:`write_heartbeat_file` replaces it whole, so no half file)."""
+    try:
         snapshot = json.loads(Path(file).read_text())
     except FileNotFoundError:
-        return False, f"no heartbeat file at {file}"
+        raise UnreadableHeartbeat(f"no heartbeat file at {file}") from None
     except (OSError, ValueError) as exc:
-        return False, f"unreadable heartbeat file {file}: {exc}"
+        raise UnreadableHeartbeat(f"unreadable heartbeat file {file}: {exc}") from None
     if not isinstance(snapshot, dict):
-        return False, f"unreadable heartbeat file {file}: not a JSON object"
-    return judge(snapshot, kind, max_age_s, time.time() if now is None else now)
+        raise UnreadableHeartbeat(f"unreadable heartbeat file {file}: not a JSON object")
+    return snapshot
 
 
 def _check_url(url: str, timeout_s: float) -> tuple[bool, str]:

@@ -27,7 +27,6 @@ The supervisor runs no job and loads no model (no torch here). It starts N child
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -43,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from producers.errors import ConfigError
-from worker.service.health import judge
+from worker.service.health import UnreadableHeartbeat, judge, read_heartbeat
 from worker.service.slots import SlotPlan
 
 log = logging.getLogger(__name__)
@@ -143,10 +142,10 @@ class HeartbeatWatch:
             if slot.heartbeat_file is None:
                 continue
             try:
-                snapshot = json.loads(slot.heartbeat_file.read_text())
-            except (OSError, ValueError):
-                continue  # not written yet, or being replaced (writes are atomic: a retry sees it whole)
-            if isinstance(snapshot, dict) and isinstance(snapshot.get("pid"), int):
+                snapshot = read_heartbeat(slot.heartbeat_file)
+            except UnreadableHeartbeat:
+                continue  # a slot nobody has taken yet (or a damaged file: then no child is found in it)
+            if isinstance(snapshot.get("pid"), int):
                 found[snapshot["pid"]] = snapshot
         return found
 
