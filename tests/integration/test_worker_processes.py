@@ -120,8 +120,8 @@ def test_two_processes_share_the_jobs_one_scrape_restart_and_stop(stack: Stack, 
         assert _sample(text, "fakesake_worker_process_up", f'{{process="{k}"}}') == 1
         assert _sample(text, "fakesake_worker_process_resident_memory_bytes", f'{{process="{k}"}}') > 50e6
     assert "fakesake_queue_depth" in text  # read from Redis by the supervisor
-    # Each child's heartbeat file, as the supervisor reads it (every 5 s; a file shows readiness from the beat after
-    # the model loaded): both ready, neither killed.
+    # Each child's heartbeat file, as the supervisor reads it (every 5 s; a child rewrites its file as soon as its
+    # model is loaded): both ready, neither killed.
     fleet.until(
         lambda: all(_sample(fleet.scrape(), "fakesake_worker_process_ready", f'{{process="{k}"}}') for k in "01"),
         30,

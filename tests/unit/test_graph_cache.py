@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -16,6 +18,7 @@ from worker.core import registry
 from worker.inference import onnx_export
 from worker.inference.graph_cache import OPSET, GraphCache, GraphKey
 from worker.inference.loader import LoadedDetector, weights_sha256
+from worker.inference.onnx_classifier import export_graph
 from worker.inference.onnx_start import load_onnx
 from worker.inference.pixels import to_pixels
 
@@ -128,11 +131,19 @@ def _loader(calls: list[int]):  # type: ignore[no-untyped-def]
     return load
 
 
+def _in_process(load: Callable[[], LoadedDetector], ref: str) -> bytes:
+    return export_graph(load())  # the closures above count calls, so they run here, not in a child process
+
+
+def _counted(calls: list[int]) -> dict[str, Any]:
+    return {"load": _loader(calls), "export": _in_process}
+
+
 def test_second_start_uses_the_cache_and_scores_the_same(tmp_path: Path, weights: Path) -> None:
     calls: list[int] = []
     inputs = [to_pixels(photo(300 + 40 * i, 200, i), SPEC.preprocessing) for i in range(4)]
-    cold = load_onnx(SPEC, weights, weights_sha256(weights), threads=1, cache_dir=tmp_path, load=_loader(calls))
-    warm = load_onnx(SPEC, weights, weights_sha256(weights), threads=1, cache_dir=tmp_path, load=_loader(calls))
+    cold = load_onnx(SPEC, weights, weights_sha256(weights), threads=1, cache_dir=tmp_path, **_counted(calls))
+    warm = load_onnx(SPEC, weights, weights_sha256(weights), threads=1, cache_dir=tmp_path, **_counted(calls))
     assert calls == [1]  # exported once
     assert warm.detector is None and warm.graph == cold.graph
     assert warm.predict(inputs) == cold.predict(inputs)
@@ -144,17 +155,15 @@ def test_graph_onnxruntime_refuses_is_rebuilt(tmp_path: Path, weights: Path, cap
     key = GraphKey.of(SPEC, weights_sha256(weights))
     cache.store(key, b"not an onnx graph")  # consistent sidecar: only ORT can tell
     with caplog.at_level(logging.WARNING):
-        classifier = load_onnx(
-            SPEC, weights, weights_sha256(weights), threads=1, cache_dir=tmp_path, load=_loader(calls)
-        )
+        classifier = load_onnx(SPEC, weights, weights_sha256(weights), threads=1, cache_dir=tmp_path, **_counted(calls))
     assert calls == [1] and "refused by onnxruntime" in caplog.text
     assert cache.load(key) == classifier.graph
 
 
 def test_no_cache_dir_exports_every_time(tmp_path: Path, weights: Path) -> None:
     calls: list[int] = []
-    load_onnx(SPEC, weights, weights_sha256(weights), threads=1, cache_dir=None, load=_loader(calls))
-    load_onnx(SPEC, weights, weights_sha256(weights), threads=1, cache_dir=None, load=_loader(calls))
+    load_onnx(SPEC, weights, weights_sha256(weights), threads=1, cache_dir=None, **_counted(calls))
+    load_onnx(SPEC, weights, weights_sha256(weights), threads=1, cache_dir=None, **_counted(calls))
     assert calls == [1, 1]
 
 

@@ -330,3 +330,25 @@ def test_exit_process_flushes_the_logs_and_ends_the_process_at_once_with_exit_70
     assert proc.returncode == health.EXIT_CONSUMER_STALLED == 70
     assert "exiting: the consumer loop last ran 200s ago" in proc.stderr
     assert proc.stdout == ""  # os._exit: no finally, no atexit (a wedged Celery may never unwind)
+
+
+def test_the_heartbeat_file_shows_the_model_loaded_at_once_not_an_interval_later(tmp_path: Path) -> None:
+    # A supervisor (and `fakesake health --file`) reads readiness from the file; with a 60 s interval it
+    # would otherwise lag /readyz by up to a minute.
+    from worker.service.slots import SlotPlan
+    from worker.service.telemetry import Telemetry
+
+    hb = tmp_path / "hb.json"
+    telemetry = Telemetry.start(SlotPlan(0, 0, str(hb)), "127.0.0.1", HealthPolicy(heartbeat_interval_s=60))
+    try:
+        deadline = time.monotonic() + 10
+        while not hb.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert health.read_heartbeat(hb)["model_loaded"] is False
+        telemetry.model_loaded("m@1", 0.5)
+        while not health.read_heartbeat(hb)["model_loaded"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        snapshot = health.read_heartbeat(hb)
+        assert snapshot["model_loaded"] is True and snapshot["model"] == "m@1"
+    finally:
+        telemetry.stop()

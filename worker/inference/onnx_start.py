@@ -2,8 +2,9 @@
 
 A cache hit costs the weights' sha256 (the caller's: remembered in the cache, see ``GraphCache.weights_sha256``),
 reading the graph and building the ORT session:
-no torch, no timm, no export. A miss (or a stale/corrupt entry) loads the weights strictly with torch,
-exports, validates the graph by building the session from it, and stores it for the next start.
+no torch, no timm, no export. A miss (or a stale/corrupt entry) has a child process load the weights strictly
+with torch and export (:mod:`worker.inference.export_child`: torch never enters this process), validates the graph
+by building the session from it, and stores it for the next start.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from typing import TYPE_CHECKING
 
 from producers.errors import ConfigError
 from worker.core.registry import DetectorSpec
+from worker.inference.export_child import export_in_child
 from worker.inference.graph_cache import GraphCache, GraphKey
-from worker.inference.onnx_classifier import OnnxClassifier, export_graph, session
+from worker.inference.onnx_classifier import OnnxClassifier, session
 
 if TYPE_CHECKING:
     from worker.inference.loader import LoadedDetector
@@ -47,12 +49,13 @@ def load_onnx(
     threads: int,
     cache_dir: Path | None,
     load: Callable[[], LoadedDetector],
+    export: Callable[[Callable[[], LoadedDetector], str], bytes] = export_in_child,
 ) -> OnnxClassifier:
     """An ORT classifier for ``spec`` with the weights file ``weights`` (whose sha256 the caller knows: it stamps
-    results with it too); ``load`` strictly loads the torch module (only on a cache miss). ``cache_dir`` None: no
-    cache, export at every start."""
+    results with it too); ``load`` strictly loads the torch module (only on a cache miss, by ``export``: in a child
+    process unless a caller, a test, exports in its own). ``cache_dir`` None: no cache, export at every start."""
     if cache_dir is None:
-        return OnnxClassifier(load(), threads=threads)
+        return OnnxClassifier(threads=threads, graph=export(load, spec.ref), spec=spec)
     cache = GraphCache(cache_dir)
     key = GraphKey.of(spec, weights_sha256)
     graph = cache.load(key)
@@ -66,8 +69,7 @@ def load_onnx(
         else:
             log.info("ONNX graph of %s from the cache (%s)", spec.ref, cache.paths(key)[0])
             return OnnxClassifier(threads=threads, graph=graph, spec=spec, ready_session=ready)
-    detector = load()
-    graph = export_graph(detector)
-    classifier = OnnxClassifier(detector, threads=threads, graph=graph)  # builds the session: the graph is valid
+    graph = export(load, spec.ref)
+    classifier = OnnxClassifier(threads=threads, graph=graph, spec=spec)  # builds the session: the graph is valid
     cache.store(key, graph)
     return classifier

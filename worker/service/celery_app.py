@@ -387,9 +387,11 @@ def run_worker(extra: list[str]) -> int:
     from worker.service.logs import setup_logging
 
     setup_logging(settings.log.level, settings.log.json_format)
+    from worker.service import malloc, supervisor
+
+    malloc.limit_arenas()  # before any job thread: memory settles rather than creeps (see the module)
     if extra and extra[0] == "--":
         extra = extra[1:]
-    from worker.service import supervisor
 
     try:
         processes, extra = supervisor.take_processes(extra)

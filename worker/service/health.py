@@ -200,6 +200,7 @@ class Heartbeat(threading.Thread):
         self._path = Path(path) if path else None
         self._interval_s = interval_s
         self._halt = threading.Event()
+        self._wake = threading.Event()  # set by nudge() or stop(): beat now rather than at the next interval
         self._file_warned = False
         self._on_stall = on_stall
 
@@ -237,10 +238,17 @@ class Heartbeat(threading.Thread):
                 self.beat_once()
             except Exception:  # the heartbeat must outlive any surprise; a dead thread = a killed pod
                 log.exception("heartbeat failed")
-            self._halt.wait(self._interval_s)
+            self._wake.wait(self._interval_s)
+            self._wake.clear()
+
+    def nudge(self) -> None:
+        """Beat now: the file shows a change of state (the model loaded) at once, not up to an interval later,
+        so a supervisor or probe reading it sees the worker ready when ``/readyz`` does."""
+        self._wake.set()
 
     def stop(self, timeout_s: float = 5.0) -> None:
         self._halt.set()
+        self._wake.set()
         if self.is_alive():
             self.join(timeout_s)
 

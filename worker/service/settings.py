@@ -87,7 +87,8 @@ class ModelSettings(BaseModel):
     onnx_cache_dir: str | None = Field(
         default=None,
         description="Where exported ONNX graphs are cached, keyed by the weights' sha256 and the torch/timm/"
-        "onnxruntime versions: a start with a cached graph imports neither torch nor timm and skips the export; "
+        "onnxruntime versions: a start with a cached graph skips the export (a miss exports in a child process, so "
+        "the serving process never imports torch or timm); "
         "None = $XDG_CACHE_HOME/fakesake/onnx (~/.cache/fakesake/onnx); empty = no cache (export at every start)",
     )
 

@@ -128,6 +128,7 @@ class Telemetry:
         self.metrics.model_load_seconds.labels(model=ref).set(seconds)
         if self.health is not None:
             self.health.state.mark_model_loaded(ref)
+            self.health.heartbeat.nudge()
 
     def consumer_tick(self) -> None:
         """Celery's consumer event loop ran (see ``worker.service.health``: a stalled consumer fails liveness)."""
