@@ -95,3 +95,14 @@ def test_load_onnx_without_a_cache_exports_in_a_child(weights: Path) -> None:
     load = partial(load_detector, SPEC, weights, device="cpu")
     classifier = load_onnx(SPEC, weights, weights_sha256(weights), threads=1, cache_dir=None, load=load, export=export)
     assert calls == [SPEC.ref] and classifier.detector is None
+
+
+def test_the_child_imports_what_this_process_can(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A module reachable only through a path this process added at run time (not PYTHONPATH, not the cwd).
+    (tmp_path / "export_child_helper.py").write_text("def load():\n    raise ValueError('raised by the helper')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    import export_child_helper  # type: ignore[import-not-found]
+
+    with pytest.raises(ConfigError, match="ValueError: raised by the helper"):
+        export_in_child(export_child_helper.load, SPEC.ref)

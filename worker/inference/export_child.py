@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pickle
 import subprocess
 import sys
@@ -49,6 +50,8 @@ def export_in_child(load: Load, ref: str, timeout_s: float = EXPORT_TIMEOUT_S) -
         try:
             done = subprocess.run(
                 [sys.executable, "-m", __name__, str(request), str(graph)],
+                # the child imports what this process can, wherever it was started from
+                env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
                 capture_output=True,
                 text=True,
                 timeout=timeout_s,
