@@ -50,9 +50,10 @@ MiB = 1024 * 1024
 # or warm), 6-13 runs per figure: 0.31-0.44 GiB after warm-up, +1..+92 MiB after the corpus, +6..+71 MiB over three
 # more passes of its byte cases, peak (VmHWM) 0.53-0.66 GiB while the 49 Mpx PNG decodes. A leak of 1 MiB per
 # decoded input (3 x 40 inputs) or of one decoded 49 Mpx image (196 MB as Pillow's RGBX) per pass fails the repeat
-# bound; a decoded bomb (GBs) fails the peak bound. What moves between passes without a leak: ONNX Runtime's arena
-# (it grows by whole regions) and the malloc arenas (two per worker, worker.service.malloc: with glibc's default of
-# 16 on this machine one pass grew by up to 109 MiB). Before worker/inference/imaging.py raised Pillow's block size,
+# bound; a decoded bomb (GBs) fails the peak bound. What moved between passes without a leak: ONNX Runtime's memory
+# patterns, one per batch size (now off, worker/inference/onnx_classifier.py: +8..+20 MiB over the three passes
+# since) and the malloc arenas (two per worker, worker.service.malloc: with glibc's default of 16 on this machine
+# one pass grew by up to 109 MiB). Before worker/inference/imaging.py raised Pillow's block size,
 # each pass grew RSS by ~200 MiB.
 RSS_GROWTH_BOUND = 150 * MiB
 RSS_REPEAT_BOUND = 120 * MiB

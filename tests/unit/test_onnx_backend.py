@@ -138,3 +138,21 @@ def test_auto_falls_back_to_torch_without_onnxruntime(tmp_path: Path, monkeypatc
 def test_p_ai_reads_the_ai_column_of_the_softmax() -> None:
     """Both backends share p_ai; index 1 is "by AI" (a wrong count or a NaN is the batching loop's to refuse)."""
     assert p_ai(torch.tensor([[0.0, 0.0], [0.0, 50.0], [50.0, 0.0]]), 1) == pytest.approx([0.5, 1.0, 0.0])
+
+
+def _rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_every_batch_size_runs_in_the_memory_the_largest_took(onnx: OnnxClassifier) -> None:
+    # With ORT's memory patterns (a planned block per input shape) batches of 1..16 grew this by ~250 MiB.
+    fresh = OnnxClassifier(threads=1, graph=onnx.graph, spec=SPEC)
+    batch = [np.zeros((224, 224, 3), np.uint8)] * 16
+    fresh.predict(batch)  # the largest batch first: its buffers are the high-water mark
+    before = _rss_bytes()
+    for size in range(1, 17):
+        fresh.predict(batch[:size])
+    assert _rss_bytes() - before < 64 * 1024 * 1024
