@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING
 
 from producers.errors import ConfigError
 from worker.core.registry import DetectorSpec
-from worker.inference.export_child import export_in_child
+from worker.inference.export_child import Load, export_in_child
 from worker.inference.graph_cache import GraphCache, GraphKey
 from worker.inference.onnx_classifier import OnnxClassifier, session
 
 if TYPE_CHECKING:
-    from worker.inference.loader import LoadedDetector
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,8 @@ def load_onnx(
     *,
     threads: int,
     cache_dir: Path | None,
-    load: Callable[[], LoadedDetector],
-    export: Callable[[Callable[[], LoadedDetector], str], bytes] = export_in_child,
+    load: Load,
+    export: Callable[[Load, str], bytes] = export_in_child,
 ) -> OnnxClassifier:
     """An ORT classifier for ``spec`` with the weights file ``weights`` (whose sha256 the caller knows: it stamps
     results with it too); ``load`` strictly loads the torch module (only on a cache miss, by ``export``: in a child
