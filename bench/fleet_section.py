@@ -10,7 +10,9 @@ idles in BRPOP while another runs):
   jobs through Celery's consumer (the default): every per-job step but the model (fetch, decode, the CPU
   worker's numpy preprocessing to the model's 224^2 input, batching, counters, ledger, result store);
 - ``b1``: the same with the bulk intake (``batch.intake=bulk``, ``worker/service/intake.py``); ``b2``: that under
-  ``--processes 2`` (one supervisor, one metrics scrape).
+  ``--processes 2`` (one supervisor, one metrics scrape, each child on CPUs of its own: ``worker/service/cpus.py``);
+  ``b1p``: ``b1`` pinned to one CPU (``model.cpus``), what each ``b2`` child gets on a 2-core machine, so the
+  like-for-like scaling of a second process is ``b2 / b1p``.
 
 Jobs/s run from the first enqueue to the last result stored (the no-op: to the lanes and kombu's unacked hash
 empty). Redis commands per job come from ``INFO commandstats`` around one pass of each consumer.
@@ -227,12 +229,16 @@ def consumers(ctx: Context, redis_url: str, concurrency: int) -> Iterator[dict[s
             ("x1", 3, "celery", ["-n", f"stub{os.getpid()}@%h"]),
             ("b1", 5, "bulk", ["-n", f"bulk{os.getpid()}@%h"]),
             ("b2", 6, "bulk", ["--processes", "2"]),
+            ("b1p", 7, "bulk", ["-n", f"pinned{os.getpid()}@%h"]),
         )
+        one_cpu = str(min(os.sched_getaffinity(0)))
         for name, db, intake, extra in stubs:
             env = base_env(f"{base}/{db}", ctx.workdir, name) | {"FAKESAKE_BATCH__INTAKE": intake}
+            if name == "b1p":
+                env["FAKESAKE_MODEL__CPUS"] = one_cpu
             cmd = [py, "-m", "bench.stub_worker", "worker", *extra]
             made[name] = Consumer(name, [cmd], env, f"{base}/{db}", ctx.workdir)
-        for name in ("x1", "b1"):
+        for name in ("x1", "b1", "b1p"):
             made[name].wait_health([int(made[name].env["FAKESAKE_METRICS__HEALTH_PORT"])])
         b2_health = int(made["b2"].env["FAKESAKE_METRICS__HEALTH_PORT"])
         made["b2"].wait_health([b2_health, b2_health + 10])
@@ -282,6 +288,7 @@ def run(ctx: Context) -> list[Row]:
         rss = {k: rss_of(single[k].proc.pid) for k in ("x1", "b1")}
     per_process = ratio_of(rates, "b1", "noop")
     two = ratio_of(rates, "b2", "b1")
+    pinned_one = ratio_of(rates, "b1p", "b1")
     jobs = f"{n} jpeg-{IMAGE_PX} jobs, submit -> stored"
     return [
         Row("fleet", f"no-op Celery task, 1 process, {n} jobs", median(rates["noop"]), "jobs/s"),
@@ -326,6 +333,29 @@ def run(ctx: Context) -> list[Row]:
             two,
             f">= {TARGET_TWO}x",
             two >= TARGET_TWO,
+            note="each child pinned to a CPU of its own (model.cpus, worker/service/cpus.py); "
+            f"b1 pinned to one CPU ran {pinned_one:.2f}x b1",
+        ),
+        Row(
+            "fleet",
+            "worker + stub classifier, bulk intake, 1 process pinned to one CPU (what each --processes 2 child gets)",
+            median(rates["b1p"]),
+            "jobs/s",
+            median(rates["b1"]),
+            "1 process on every CPU",
+            pinned_one,
+            note="FAKESAKE_MODEL__CPUS=<one CPU>: the GIL's hand-overs stay on one core",
+        ),
+        Row(
+            "fleet",
+            "worker + stub classifier, bulk intake, --processes 2 vs 1 process pinned to one CPU (like for like)",
+            median(rates["b2"]),
+            "jobs/s",
+            median(rates["b1p"]),
+            "1 process on one CPU",
+            ratio_of(rates, "b2", "b1p"),
+            note="what the second process adds once each runs on a CPU of its own; redis-server and the bench's "
+            "producer share the same 2 cores",
         ),
         *(
             Row(
@@ -373,7 +403,7 @@ def run(ctx: Context) -> list[Row]:
             float(os.cpu_count() or 1),
             "cores",
             note="workers, redis-server and the bench's producer; during the other passes: "
-            + ", ".join(f"{name} {median(busy[name]):.2f}" for name in ("noop", "noop2", "x1", "b1")),
+            + ", ".join(f"{name} {median(busy[name]):.2f}" for name in ("noop", "noop2", "x1", "b1", "b1p")),
         ),
         Row("fleet", "resident memory, 1 stub worker process (bulk intake)", rss["b1"] / 2**20, "MiB"),
         Row(

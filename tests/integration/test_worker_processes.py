@@ -7,6 +7,7 @@ children take their worker slots (health port +10·k, heartbeat file -k) as any 
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -90,6 +91,13 @@ def fleet(stack: Stack) -> Iterator[Fleet]:
             f.proc.wait()
 
 
+def cpus_of(pid: int) -> frozenset[int]:
+    """The CPUs every thread of ``pid`` may run on (asserted the same for all of them)."""
+    masks = {frozenset(os.sched_getaffinity(int(tid))) for tid in os.listdir(f"/proc/{pid}/task")}
+    assert len(masks) == 1, f"threads of {pid} run on different CPUs: {masks}"
+    return masks.pop()
+
+
 def _sample(text: str, name: str, labels: str = "") -> float:
     match = re.search(rf"^{re.escape(name + labels)} (\S+)$", text, re.M)
     assert match, f"no {name}{labels} in the scrape"
@@ -99,6 +107,14 @@ def _sample(text: str, name: str, labels: str = "") -> float:
 def test_two_processes_share_the_jobs_one_scrape_restart_and_stop(stack: Stack, fleet: Fleet) -> None:
     fleet.until(lambda: len(fleet.ready_pids()) == 2, 240, "two ready children")
     pids = fleet.ready_pids()
+    # Each child runs on a share of the CPUs of its own, every thread of it (with one CPU, both on that one).
+    shares = {pid: cpus_of(pid) for pid in pids.values()}
+    mine = frozenset(os.sched_getaffinity(0))
+    if len(mine) >= 2:
+        first, second = shares.values()
+        assert first and second and not first & second and first | second == mine, shares
+    else:
+        assert set(shares.values()) == {mine}
 
     producer = stack.producer("fleet")
     data = encode(photo(96, 80, seed=3), "JPEG", quality=85)
@@ -137,6 +153,7 @@ def test_two_processes_share_the_jobs_one_scrape_restart_and_stop(stack: Stack, 
     port, victim = sorted(pids.items())[0]
     subprocess.run(["kill", "-9", str(victim)], check=True)
     fleet.until(lambda: fleet.ready_pids().get(port) not in (None, victim), 240, "the killed child restarted")
+    assert cpus_of(fleet.ready_pids()[port]) == shares[victim]  # its successor runs where it ran
     assert (
         sum(_sample(fleet.scrape(), "fakesake_worker_process_restarts_total", f'{{process="{k}"}}') for k in ("0", "1"))
         == 1

@@ -35,6 +35,8 @@ CHILD = textwrap.dedent(
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with open(os.path.join(os.environ["OUT"], index + ".pid"), "a") as f:
         f.write(f"{os.getpid()}\\n")
+    with open(os.path.join(os.environ["OUT"], index + ".cpus"), "a") as f:  # the model.cpus it was handed
+        f.write(os.environ.get("FAKESAKE_MODEL__CPUS", "-") + "\\n")
     beat = os.environ.get("HEARTBEAT")  # as a worker beats: slot k's file, replaced atomically (here slot = index)
     path = None if not beat else beat if index == "0" else f"{beat}-{index}"
     while True:
@@ -95,7 +97,9 @@ def _until(check: object, timeout_s: float = 30) -> None:
         time.sleep(0.05)
 
 
-def _supervisor(tmp_path: Path, watch: HeartbeatWatch | None = None, **env: str) -> Supervisor:
+def _supervisor(
+    tmp_path: Path, watch: HeartbeatWatch | None = None, cpu_shares: list[tuple[int, ...]] | None = None, **env: str
+) -> Supervisor:
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     return Supervisor(
@@ -108,12 +112,13 @@ def _supervisor(tmp_path: Path, watch: HeartbeatWatch | None = None, **env: str)
         liveness_grace_s=1.0,
         start_grace_s=3.0,
         health_every_s=0.1,
+        cpu_shares=cpu_shares,
     )
 
 
 def test_a_killed_child_is_restarted_and_stop_ends_all(tmp_path: Path) -> None:
     (tmp_path / "metrics").mkdir()
-    sup = _supervisor(tmp_path)
+    sup = _supervisor(tmp_path, cpu_shares=[(0, 1), (2,)])
     codes: list[int] = []
     runner = threading.Thread(target=lambda: codes.append(sup.run(poll_s=0.05)))
     runner.start()
@@ -123,6 +128,9 @@ def test_a_killed_child_is_restarted_and_stop_ends_all(tmp_path: Path) -> None:
         os.kill(first, signal.SIGKILL)
         _until(lambda: len(_pids(tmp_path, 0)) == 2)  # a young death: restarted after a 1 s backoff
         assert sup.children[0].restarts == 1 and sup.children[1].restarts == 0
+        # Each child was handed its own CPUs as model.cpus; the restarted one the same as its predecessor.
+        assert (tmp_path / "0.cpus").read_text().split() == ["0-1", "0-1"]
+        assert (tmp_path / "1.cpus").read_text().split() == ["2"]
         collected = {m.name: m for m in FleetCollector(sup.children).collect()}
         assert {s.labels["process"]: s.value for s in collected["fakesake_worker_process_up"].samples} == {
             "0": 1,
@@ -153,6 +161,7 @@ def test_a_wedged_child_is_killed_and_restarted_the_others_left_alone(tmp_path: 
     try:
         _until(lambda: _gauges(sup, "fakesake_worker_process_live") == {"0": 1, "1": 1})
         assert _gauges(sup, "fakesake_worker_process_ready") == {"0": 1, "1": 1}
+        assert (tmp_path / "0.cpus").read_text().split() == ["-"]  # no shares: run where the supervisor runs
         first_of_1, only_of_0 = _pids(tmp_path, 1)[0], _pids(tmp_path, 0)
         (tmp_path / "wedge-1").touch()  # child 1 stops beating but keeps running
         _until(lambda: _gauges(sup, "fakesake_worker_process_live")["1"] == 0)

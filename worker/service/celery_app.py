@@ -387,9 +387,16 @@ def run_worker(extra: list[str]) -> int:
     from worker.service.logs import setup_logging
 
     setup_logging(settings.log.level, settings.log.json_format)
-    from worker.service import malloc, supervisor
+    from worker.service import cpus, malloc, supervisor
 
     malloc.limit_arenas()  # before any job thread: memory settles rather than creeps (see the module)
+    try:
+        pinned = cpus.apply(settings.model.cpus)  # before any thread too: the threads started later inherit it
+    except ConfigError as exc:
+        report_start_failure(exc)
+        return EXIT_START_FAILED
+    if pinned is not None:
+        log.info("running on CPUs %s (model.cpus)", cpus.format_list(pinned))
     if extra and extra[0] == "--":
         extra = extra[1:]
 
@@ -440,6 +447,7 @@ def _supervise(settings: WorkerSettings, processes: int, extra: list[str]) -> in
         return supervisor.run_supervisor(
             processes,
             extra,
+            cpus=settings.model.cpus,
             metrics_port=m.port,
             bind_host=m.bind_host,
             redis_client=client,

@@ -23,6 +23,7 @@ from producers.settings import (
     parse_cidrs,
     warn_unknown_settings,
 )
+from worker.service import cpus
 
 
 class ModelSettings(BaseModel):
@@ -73,6 +74,12 @@ class ModelSettings(BaseModel):
         description="CPU intra-op threads of the model; 0 = torch's default, or for onnx half the "
         "cores (decoding uses the rest)",
     )
+    cpus: str = Field(
+        default="",
+        description="fakesake worker: the CPUs this process runs on, a list like '0-3,8'; empty = where it was "
+        "started. Under --processes N the supervisor splits its CPUs (these, or all it may use) into N disjoint "
+        "shares, one per child (a GIL-bound worker runs faster on CPUs of its own); 'inherit' = no split",
+    )
     autocast: bool = Field(
         default=False,
         description="torch backend on CUDA: run the model under fp16 autocast (faster on GPUs, but "
@@ -91,6 +98,12 @@ class ModelSettings(BaseModel):
         "the serving process never imports torch or timm); "
         "None = $XDG_CACHE_HOME/fakesake/onnx (~/.cache/fakesake/onnx); empty = no cache (export at every start)",
     )
+
+    @field_validator("cpus")
+    @classmethod
+    def _cpu_list(cls, value: str) -> str:
+        cpus.parse(value)  # ValueError names the setting and the form it takes
+        return value.strip()
 
 
 class BatchSettings(BaseModel):

@@ -7,7 +7,9 @@ share the device and multiply the intake.
 
 The supervisor runs no job and loads no model (no torch here). It starts N children, each a plain
 ``fakesake worker`` with the same options; each takes its worker slot as any worker does
-(:mod:`worker.service.slots`: health port ``+10·k``, heartbeat file ``-k``, its lock). Then it:
+(:mod:`worker.service.slots`: health port ``+10·k``, heartbeat file ``-k``, its lock), and runs on a disjoint
+share of the supervisor's CPUs (:mod:`worker.service.cpus`; ``model.cpus=inherit`` turns that off): a GIL-bound
+process runs faster on CPUs of its own than bouncing across all of them. Then it:
 
 - serves ONE ``/metrics`` on ``metrics.port`` for all of them: the children run prometheus-client's multiprocess
   mode in a directory of this supervisor's (``PROMETHEUS_MULTIPROC_DIR``, emptied at start, removed at the end),
@@ -42,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from producers.errors import ConfigError
+from worker.service import cpus as cpu_sets
 from worker.service.health import UnreadableHeartbeat, judge, read_heartbeat
 from worker.service.slots import SlotPlan
 
@@ -222,8 +225,11 @@ class Supervisor:
         liveness_grace_s: float = LIVENESS_GRACE_S,
         start_grace_s: float = START_GRACE_S,
         health_every_s: float = HEALTH_EVERY_S,
+        cpu_shares: list[tuple[int, ...]] | None = None,
     ) -> None:
         self.children = [Child(k) for k in range(processes)]
+        # Child k's CPUs (cpus.child_shares), handed over as its model.cpus; a restarted child gets the same ones.
+        self.cpu_shares = cpu_shares
         self.watch = watch
         self.liveness_grace_s, self.start_grace_s, self.health_every_s = liveness_grace_s, start_grace_s, health_every_s
         self._health_due = 0.0
@@ -236,9 +242,13 @@ class Supervisor:
 
     def start_child(self, child: Child) -> None:
         cmd = [*self.command, "worker", *child_argv(child.index, self.argv)]
-        child.proc = subprocess.Popen(cmd, env=self.env)
+        env, where = self.env, "the supervisor's CPUs"
+        if self.cpu_shares is not None:
+            where = cpu_sets.format_list(self.cpu_shares[child.index])
+            env = {**self.env, cpu_sets.ENV: where}
+        child.proc = subprocess.Popen(cmd, env=env)
         child.started_at = time.monotonic()
-        log.info("worker process %d started (pid %d)", child.index, child.proc.pid)
+        log.info("worker process %d started (pid %d) on %s", child.index, child.proc.pid, where)
 
     def stop(self, signum: int = signal.SIGTERM) -> None:
         """Ask every child to stop (warm shutdown); :meth:`run` returns once they have."""
@@ -358,21 +368,24 @@ def run_supervisor(
     processes: int,
     argv: list[str],
     *,
+    cpus: str = "",
     metrics_port: int,
     bind_host: str,
     redis_client: Any,
     watch: HeartbeatWatch | None = None,
 ) -> int:
     """``fakesake worker --processes N``: supervise N workers until SIGTERM/SIGINT; the exit code. ``watch``: the
-    children's heartbeat files (None when heartbeat files are off: then their liveness is not watched)."""
+    children's heartbeat files (None when heartbeat files are off: then their liveness is not watched); ``cpus``:
+    ``model.cpus`` (:mod:`worker.service.cpus`: each child gets a share of this process's CPUs unless "inherit")."""
     env = dict(os.environ)
     metrics_dir, made = metrics_directory(env)
     if metrics_port:
         env["FAKESAKE_METRICS__PORT"] = "0"  # the supervisor serves the one scrape; children serve health only
-    env.update(thread_budget(env, processes, os.cpu_count() or 1))
+    shares = cpu_sets.child_shares(cpus, processes)
+    env.update(thread_budget(env, processes, len(cpu_sets.usable())))
     if watch is None:
         log.warning("no heartbeat file (FAKESAKE_METRICS__HEARTBEAT_FILE empty): a wedged worker process is not killed")
-    supervisor = Supervisor(processes, argv, env, metrics_dir=metrics_dir, watch=watch)
+    supervisor = Supervisor(processes, argv, env, metrics_dir=metrics_dir, watch=watch, cpu_shares=shares)
     server = None
     try:
         if metrics_port:
