@@ -55,7 +55,8 @@ class _Ranked:
         if weights is None:
             tps = np.cumsum(self.y)[self.last].astype(np.float64)
             return tps, (self.last + 1 - tps).astype(np.float64)
-        return np.cumsum(weights * self.y)[self.last], np.cumsum(weights * (1 - self.y))[self.last]
+        tps = np.cumsum(weights * self.y)[self.last]
+        return tps, np.cumsum(weights)[self.last] - tps  # what is not a true positive is a false one
 
 
 def _counts_by_threshold(y: NDArray[np.int_], s: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
@@ -125,8 +126,8 @@ def operating_point(curve: RocCurve, max_fpr: float) -> OperatingPoint:
     """:func:`tpr_at_fpr` on a curve already computed."""
     # fpr and tpr never decrease along the curve: the last point within the bound has the highest TPR, and
     # the first point with that TPR has the lowest FPR
-    last = int(np.searchsorted(curve.fpr, max_fpr, side="right")) - 1
-    i = int(np.searchsorted(curve.tpr, curve.tpr[last], side="left"))
+    last = int(curve.fpr.searchsorted(max_fpr, side="right")) - 1
+    i = int(curve.tpr.searchsorted(curve.tpr[last], side="left"))
     thr = float(curve.thresholds[i])
     return OperatingPoint(max_fpr, float(curve.tpr[i]), float(curve.fpr[i]), None if math.isinf(thr) else thr)
 
@@ -238,13 +239,14 @@ def bootstrap_intervals(
     position[ranked.order] = np.arange(ranked.order.size)  # original index -> sorted index
     thresholds = np.r_[np.inf, ranked.s[ranked.last]]
     rng = np.random.default_rng(seed)
-    pos, neg = np.flatnonzero(yy == 1), np.flatnonzero(yy == 0)
+    # Drawing from each class's sorted positions draws the same images as drawing their indices (choice picks
+    # the same slots), without a gather per resample. The loop is the bootstrap's whole cost: no np.r_ in it.
+    pos, neg = position[np.flatnonzero(yy == 1)], position[np.flatnonzero(yy == 0)]
+    tps, fps = np.zeros(ranked.last.size + 1), np.zeros(ranked.last.size + 1)  # the curve's (0, 0) first
     values = []
     for _ in range(resamples):
-        idx = np.r_[rng.choice(pos, pos.size), rng.choice(neg, neg.size)]
-        weights = np.bincount(position[idx], minlength=yy.size).astype(np.float64)
-        tps, fps = ranked.counts(weights)
-        tps, fps = np.r_[0.0, tps], np.r_[0.0, fps]
+        drawn = np.concatenate((rng.choice(pos, pos.size), rng.choice(neg, neg.size)))
+        tps[1:], fps[1:] = ranked.counts(np.bincount(drawn, minlength=yy.size))
         values.append(list(statistics(RocCurve(fps / fps[-1], tps / tps[-1], thresholds))))
     alpha = (1.0 - level) / 2
     bounds = np.quantile(np.asarray(values, dtype=np.float64), [alpha, 1.0 - alpha], axis=0)
