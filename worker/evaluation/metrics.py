@@ -246,7 +246,7 @@ def bootstrap_intervals(
     values = []
     for _ in range(resamples):
         drawn = np.concatenate((rng.choice(pos, pos.size), rng.choice(neg, neg.size)))
-        tps[1:], fps[1:] = ranked.counts(np.bincount(drawn, minlength=yy.size))
+        tps[1:], fps[1:] = ranked.counts(np.bincount(drawn, minlength=yy.size).astype(np.float64))
         values.append(list(statistics(RocCurve(fps / fps[-1], tps / tps[-1], thresholds))))
     alpha = (1.0 - level) / 2
     bounds = np.quantile(np.asarray(values, dtype=np.float64), [alpha, 1.0 - alpha], axis=0)
