@@ -244,8 +244,8 @@ class Supervisor:
         cmd = [*self.command, "worker", *child_argv(child.index, self.argv)]
         env, where = self.env, "the supervisor's CPUs"
         if self.cpu_shares is not None:
-            where = cpu_sets.format_list(self.cpu_shares[child.index])
-            env = {**self.env, cpu_sets.ENV: where}
+            share = cpu_sets.format_list(self.cpu_shares[child.index])
+            env, where = {**self.env, cpu_sets.ENV: share}, f"CPUs {share}"
         child.proc = subprocess.Popen(cmd, env=env)
         child.started_at = time.monotonic()
         log.info("worker process %d started (pid %d) on %s", child.index, child.proc.pid, where)
