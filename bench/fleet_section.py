@@ -286,74 +286,56 @@ def run(ctx: Context) -> list[Row]:
         sup_metrics = scrape(int(made["b2"].env["FAKESAKE_METRICS__PORT"]))
         rss_children = rss_of_children(sup_metrics)
         rss = {k: rss_of(single[k].proc.pid) for k in ("x1", "b1")}
-    per_process = ratio_of(rates, "b1", "noop")
-    two = ratio_of(rates, "b2", "b1")
-    pinned_one = ratio_of(rates, "b1p", "b1")
+
+    def rate_row(name: str, key: str, base: str, base_name: str, target: float | None = None, note: str = "") -> Row:
+        """Jobs/s of consumer ``key`` against consumer ``base``, side by side; ``target``: the least ratio."""
+        ratio = ratio_of(rates, key, base)
+        goal = "" if target is None else f">= {target:.0%}" if target < 1 else f">= {target}x"
+        ok = None if target is None else ratio >= target
+        return Row("fleet", name, median(rates[key]), "jobs/s", median(rates[base]), base_name, ratio, goal, ok, note)
+
     jobs = f"{n} jpeg-{IMAGE_PX} jobs, submit -> stored"
+    stub = "worker + stub classifier, bulk intake"
     return [
         Row("fleet", f"no-op Celery task, 1 process, {n} jobs", median(rates["noop"]), "jobs/s"),
-        Row(
-            "fleet",
+        rate_row(
             "no-op Celery task, 2 processes (the machine's own scaling)",
-            median(rates["noop2"]),
-            "jobs/s",
-            median(rates["noop"]),
+            "noop2",
+            "noop",
             "1 process",
-            ratio_of(rates, "noop2", "noop"),
             note="two no-op workers share 2 cores with redis-server and the bench's producer",
         ),
-        Row(
-            "fleet",
-            f"worker + stub classifier, Celery intake (default), 1 process, {jobs}",
-            median(rates["x1"]),
-            "jobs/s",
-            median(rates["noop"]),
-            "no-op Celery task",
-            ratio_of(rates, "x1", "noop"),
+        rate_row(
+            f"worker + stub classifier, Celery intake (default), 1 process, {jobs}", "x1", "noop", "no-op Celery task"
         ),
-        Row(
-            "fleet",
-            f"worker + stub classifier, bulk intake, 1 process, {jobs}",
-            median(rates["b1"]),
-            "jobs/s",
-            median(rates["noop"]),
+        rate_row(
+            f"{stub}, 1 process, {jobs}",
+            "b1",
+            "noop",
             "no-op Celery task",
-            per_process,
-            f">= {TARGET_PER_PROCESS:.0%}",
-            per_process >= TARGET_PER_PROCESS,
-            note="batch.intake=bulk: many jobs per round trip into kombu's unacked records (worker/service/intake.py)",
+            TARGET_PER_PROCESS,
+            "batch.intake=bulk: many jobs per round trip into kombu's unacked records (worker/service/intake.py)",
         ),
-        Row(
-            "fleet",
-            "worker + stub classifier, bulk intake, --processes 2",
-            median(rates["b2"]),
-            "jobs/s",
-            median(rates["b1"]),
+        rate_row(
+            f"{stub}, --processes 2",
+            "b2",
+            "b1",
             "1 process",
-            two,
-            f">= {TARGET_TWO}x",
-            two >= TARGET_TWO,
-            note="each child pinned to a CPU of its own (model.cpus, worker/service/cpus.py); "
-            f"b1 pinned to one CPU ran {pinned_one:.2f}x b1",
+            TARGET_TWO,
+            "each child pinned to a CPU of its own (model.cpus, worker/service/cpus.py)",
         ),
-        Row(
-            "fleet",
-            "worker + stub classifier, bulk intake, 1 process pinned to one CPU (what each --processes 2 child gets)",
-            median(rates["b1p"]),
-            "jobs/s",
-            median(rates["b1"]),
+        rate_row(
+            f"{stub}, 1 process pinned to one CPU (what each --processes 2 child gets)",
+            "b1p",
+            "b1",
             "1 process on every CPU",
-            pinned_one,
             note="FAKESAKE_MODEL__CPUS=<one CPU>: the GIL's hand-overs stay on one core",
         ),
-        Row(
-            "fleet",
-            "worker + stub classifier, bulk intake, --processes 2 vs 1 process pinned to one CPU (like for like)",
-            median(rates["b2"]),
-            "jobs/s",
-            median(rates["b1p"]),
+        rate_row(
+            f"{stub}, --processes 2 vs 1 process pinned to one CPU (like for like)",
+            "b2",
+            "b1p",
             "1 process on one CPU",
-            ratio_of(rates, "b2", "b1p"),
             note="what the second process adds once each runs on a CPU of its own; redis-server and the bench's "
             "producer share the same 2 cores",
         ),
