@@ -128,3 +128,12 @@ def test_a_worker_whose_cpus_cannot_be_had_does_not_start(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("fakesake: config") and says in err[0], err
     assert os.sched_getaffinity(0) == before
+
+
+def test_a_system_without_affinity_calls_pins_nothing_and_splits_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(os, "sched_setaffinity")
+    monkeypatch.delattr(os, "sched_getaffinity")
+    with pytest.raises(ConfigError, match="needs Linux"):
+        cpus.apply("0")
+    assert cpus.apply("") is None  # nothing asked, nothing refused
+    assert cpus.child_shares("", 2) is None

@@ -80,14 +80,6 @@ def shares(cpus: Sequence[int], processes: int) -> list[tuple[int, ...]] | None:
     return out
 
 
-def usable() -> tuple[int, ...]:
-    """The CPUs this process may run on (its affinity mask, which containers, ``taskset`` and :func:`pin`
-    narrow); ``0..cpu_count-1`` where the system has no affinity call."""
-    if hasattr(os, "sched_getaffinity"):
-        return tuple(sorted(os.sched_getaffinity(0)))
-    return tuple(range(os.cpu_count() or 1))
-
-
 def pin(cpus: Iterable[int]) -> None:
     """Run every thread of this process, and every thread it starts later, on ``cpus`` only. ConfigError when the
     system cannot pin or refuses the set (CPUs that are offline or outside the container's cpuset)."""
@@ -107,7 +99,7 @@ def pin(cpus: Iterable[int]) -> None:
     except OSError as exc:
         raise ConfigError(
             f"model.cpus {format_list(mask)}: cannot run there ({exc.strerror}); this process may use "
-            f"{format_list(usable())}"
+            f"{format_list(os.sched_getaffinity(0))}"
         ) from exc
 
 
@@ -122,9 +114,9 @@ def apply(setting: str) -> tuple[int, ...] | None:
 def child_shares(setting: str, processes: int) -> list[tuple[int, ...]] | None:
     """Each of a supervisor's ``processes`` children's CPUs, split from the CPUs this process may use; None when
     ``setting`` is ``inherit`` or there are fewer CPUs than children (then they run where the supervisor runs)."""
-    if setting.strip() == INHERIT:
+    if setting.strip() == INHERIT or not hasattr(os, "sched_getaffinity"):  # no affinity calls: nothing to split
         return None
-    cpus = usable()
+    cpus = sorted(os.sched_getaffinity(0))  # what taskset, a container's cpuset or model.cpus left this process
     split = shares(cpus, processes)
     if split is None:
         log.warning(
@@ -133,4 +125,4 @@ def child_shares(setting: str, processes: int) -> list[tuple[int, ...]] | None:
     return split
 
 
-__all__ = ["ENV", "INHERIT", "apply", "child_shares", "format_list", "parse", "pin", "shares", "usable"]
+__all__ = ["ENV", "INHERIT", "apply", "child_shares", "format_list", "parse", "pin", "shares"]

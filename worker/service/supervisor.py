@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from producers.errors import ConfigError
+from worker.inference.process_pool import usable_cores
 from worker.service import cpus as cpu_sets
 from worker.service.health import UnreadableHeartbeat, judge, read_heartbeat
 from worker.service.slots import SlotPlan
@@ -382,7 +383,7 @@ def run_supervisor(
     if metrics_port:
         env["FAKESAKE_METRICS__PORT"] = "0"  # the supervisor serves the one scrape; children serve health only
     shares = cpu_sets.child_shares(cpus, processes)
-    env.update(thread_budget(env, processes, len(cpu_sets.usable())))
+    env.update(thread_budget(env, processes, usable_cores()))
     if watch is None:
         log.warning("no heartbeat file (FAKESAKE_METRICS__HEARTBEAT_FILE empty): a wedged worker process is not killed")
     supervisor = Supervisor(processes, argv, env, metrics_dir=metrics_dir, watch=watch, cpu_shares=shares)
