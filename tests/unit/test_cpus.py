@@ -137,3 +137,19 @@ def test_a_system_without_affinity_calls_pins_nothing_and_splits_nothing(monkeyp
         cpus.apply("0")
     assert cpus.apply("") is None  # nothing asked, nothing refused
     assert cpus.child_shares("", 2) is None
+
+
+def test_without_proc_the_calling_thread_is_pinned(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No /proc/self/task to list: the calling thread is pinned (those it starts later inherit its mask)."""
+    before = os.sched_getaffinity(0)
+    first = min(before)
+
+    def no_proc(path: str) -> list[str]:
+        raise FileNotFoundError(path)
+
+    monkeypatch.setattr(cpus.os, "listdir", no_proc)
+    try:
+        cpus.pin([first])
+        assert os.sched_getaffinity(0) == {first}
+    finally:
+        os.sched_setaffinity(0, before)  # only this thread was pinned: put it back

@@ -13,16 +13,12 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from producers.errors import ConfigError
 from worker.core.registry import DetectorSpec
 from worker.inference.export_child import Load, export_in_child
 from worker.inference.graph_cache import GraphCache, GraphKey
 from worker.inference.onnx_classifier import OnnxClassifier, session
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 
